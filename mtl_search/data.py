@@ -1,0 +1,346 @@
+"""From a table to training arrays: load, check, split, preprocess, mask.
+
+Everything here is fitted on the training split only: feature scaling and
+encoding, regression target standardisation, class lists and the trivial
+predictors behind the normalised loss. Rows whose label is missing for a task
+stay in the data with ``mask = False`` for that task.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mtl_search.config import BUILTIN_PREFIX, DataSpec, ExperimentSpec
+from mtl_search.errors import DataError
+from mtl_search.metrics import BINARY, MULTICLASS, REGRESSION, class_prior, trivial_loss
+
+SPLITS = ("train", "valid", "test")
+MIN_ROWS = {"train": 10, "valid": 5, "test": 5}
+_MISSING_CATEGORY = "__missing__"
+
+
+@dataclass(frozen=True)
+class Task:
+    """A target, as encoded for training.
+
+    Attributes:
+        name: the task's name in the spec.
+        column: the table column holding its labels.
+        type: ``regression``, ``binary`` or ``multiclass``.
+        classes: class labels in encoding order (binary: negative, positive).
+        mean, std: training statistics used to standardise a regression target.
+    """
+
+    name: str
+    column: str
+    type: str
+    classes: tuple[str, ...] = ()
+    mean: float = 0.0
+    std: float = 1.0
+
+    @property
+    def outputs(self) -> int:
+        """Output units: K for K classes, else 1."""
+        return len(self.classes) if self.type == MULTICLASS else 1
+
+
+@dataclass
+class SplitArrays:
+    """One split, encoded: features, per-task labels, label masks, trivial losses."""
+
+    x: np.ndarray
+    y: dict[str, np.ndarray]
+    mask: dict[str, np.ndarray]
+    trivial_loss: dict[str, float]
+
+    @property
+    def rows(self) -> int:
+        return int(self.x.shape[0])
+
+
+@dataclass
+class PreparedData:
+    """Everything a trial needs, as plain numpy arrays (cheap to ship through Ray's object store)."""
+
+    tasks: dict[str, Task]
+    feature_names: list[str]
+    input_columns: list[str]
+    splits: dict[str, SplitArrays]
+    source: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_features(self) -> int:
+        return len(self.feature_names)
+
+    def summary(self) -> str:
+        """A few human-readable lines about the prepared data."""
+        sizes = ", ".join(f"{name} {self.splits[name].rows:,}" for name in SPLITS)
+        lines = [
+            f"data: {self.source}",
+            f"rows: {sizes}; {len(self.input_columns)} input columns -> {self.num_features} encoded features",
+            "tasks:",
+        ]
+        for task in self.tasks.values():
+            labelled = self.splits["train"].mask[task.name].mean()
+            detail = f"{len(task.classes)} classes" if task.classes else f"mean {task.mean:.3g}, std {task.std:.3g}"
+            lines.append(f"  {task.name:<14} {task.type:<10} column {task.column} ({detail}; "
+                         f"{labelled:.0%} of training rows labelled)")
+        lines += [f"note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_table(data: DataSpec) -> tuple[pd.DataFrame, dict[str, tuple[str, str]], tuple[str, ...], str]:
+    """Read the table a spec names.
+
+    Returns:
+        the frame, the documented tasks of a built-in table (else empty), columns
+        the source excludes from features, and a name for messages.
+    """
+    source = data.source
+    if source.startswith(BUILTIN_PREFIX):
+        from mtl_search.datasets import load_builtin
+
+        table = load_builtin(source[len(BUILTIN_PREFIX):], data.params)
+        return table.frame, table.tasks, table.exclude, source
+    if data.params:
+        raise DataError(f"data.params is only for built-in sources (builtin:...); {source} is a file")
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"data file {source} does not exist (data.source); paths are relative to the spec file")
+    name = path.name.lower()
+    try:
+        if name.endswith((".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz")):
+            frame = pd.read_csv(path)
+        elif name.endswith((".parquet", ".pq")):
+            frame = pd.read_parquet(path)
+        else:
+            raise DataError(f"data file {source}: unsupported format; use .csv, .csv.gz or .parquet")
+    except DataError:
+        raise
+    except Exception as exc:  # pandas raises many types for unreadable files
+        raise DataError(f"data file {source} cannot be read: {type(exc).__name__}: {exc}") from None
+    if frame.empty:
+        raise DataError(f"data file {source} holds no rows")
+    return frame, {}, (), source
+
+
+def _missing_columns(columns: list[str], frame: pd.DataFrame, where: str, origin: str) -> None:
+    absent = [c for c in columns if c not in frame.columns]
+    if not absent:
+        return
+    hints = []
+    for column in absent:
+        close = difflib.get_close_matches(column, [str(c) for c in frame.columns], n=3)
+        hints.append(f"'{column}'" + (f" (close: {', '.join(close)})" if close else ""))
+    raise DataError(f"{where}: column(s) {', '.join(hints)} not found in {origin}")
+
+
+def resolve_columns(
+    spec: DataSpec, frame: pd.DataFrame, builtin_tasks: dict[str, tuple[str, str]], exclude: tuple[str, ...],
+    origin: str,
+) -> tuple[dict[str, tuple[str, str]], list[str]]:
+    """The tasks (name -> (column, type)) and the input feature columns."""
+    if spec.tasks is not None:
+        tasks = {name: (t.column, t.type) for name, t in spec.tasks.items()}
+    elif builtin_tasks:
+        tasks = dict(builtin_tasks)
+    else:
+        raise DataError(f"data.tasks is required for {origin}: name each target, e.g. "
+                        "tasks: {price: {column: price, type: regression}}")
+    for name, (column, _) in tasks.items():
+        _missing_columns([column], frame, f"data.tasks.{name}.column", origin)
+    _missing_columns(list(spec.drop), frame, "data.drop", origin)
+    targets = {column for column, _ in tasks.values()}
+    if spec.features == "auto":
+        skip = targets | set(spec.drop) | set(exclude)
+        features = [str(c) for c in frame.columns if c not in skip]
+    else:
+        _missing_columns(list(spec.features), frame, "data.features", origin)
+        used = [c for c in spec.features if c in targets]
+        if used:
+            raise DataError(f"data.features: {', '.join(used)} is a target column; a target cannot be a feature")
+        features = list(spec.features)
+    if not features:
+        raise DataError(f"no feature columns left in {origin} after removing targets and data.drop")
+    return tasks, features
+
+
+# --------------------------------------------------------------------------- preparing
+
+
+def prepare(spec: ExperimentSpec) -> PreparedData:
+    """Read, check, split and encode the data a spec describes.
+
+    Raises:
+        DataError: missing file or columns, unusable targets, too few rows.
+    """
+    frame, builtin_tasks, exclude, origin = read_table(spec.data)
+    tasks, features = resolve_columns(spec.data, frame, builtin_tasks, exclude, origin)
+    frame = frame.reset_index(drop=True)
+    notes: list[str] = []
+    index = _split_rows(frame, tasks, spec.data.split.valid, spec.data.split.test, spec.seed, notes)
+    encoded_tasks: dict[str, Task] = {}
+    labels: dict[str, dict[str, np.ndarray]] = {s: {} for s in SPLITS}
+    masks: dict[str, dict[str, np.ndarray]] = {s: {} for s in SPLITS}
+    trivial: dict[str, dict[str, float]] = {s: {} for s in SPLITS}
+    for name, (column, kind) in tasks.items():
+        task, encoded, mask, prior = _encode_target(name, column, kind, frame[column], index, origin)
+        encoded_tasks[name] = task
+        # A class absent from training cannot be predicted: such rows count as unlabelled for the task.
+        unseen = int(sum((frame[column].notna().to_numpy()[index[s]] & ~mask[s]).sum() for s in SPLITS))
+        if unseen:
+            notes.append(f"task {name}: {unseen} row(s) with a class absent from training count as unlabelled")
+        for split in SPLITS:
+            labels[split][name] = encoded[split]
+            masks[split][name] = mask[split]
+            trivial[split][name] = trivial_loss(kind, encoded[split], mask[split], prior)
+            if not mask[split].any():
+                raise DataError(
+                    f"task {name} (column {column} in {origin}) has no labelled rows in the {split} split; "
+                    "it needs labels in every split: check the column or use more rows"
+                )
+    x, feature_names = _encode_features(frame[features], index, origin)
+    splits = {
+        split: SplitArrays(x=x[split], y=labels[split], mask=masks[split], trivial_loss=trivial[split])
+        for split in SPLITS
+    }
+    return PreparedData(tasks=encoded_tasks, feature_names=feature_names, input_columns=features,
+                        splits=splits, source=origin, notes=notes)
+
+
+def _split_rows(
+    frame: pd.DataFrame, tasks: dict[str, tuple[str, str]], valid: float, test: float, seed: int, notes: list[str]
+) -> dict[str, np.ndarray]:
+    """Seeded train/valid/test row indices, stratified on the first classification task when possible."""
+    from sklearn.model_selection import train_test_split
+
+    n = len(frame)
+    sizes = {"test": round(n * test), "valid": round(n * valid)}
+    sizes["train"] = n - sizes["test"] - sizes["valid"]
+    short = [s for s in SPLITS if sizes[s] < MIN_ROWS[s]]
+    if short:
+        need = max(int(np.ceil(MIN_ROWS[s] / frac)) for s, frac in
+                   (("train", 1 - valid - test), ("valid", valid), ("test", test)))
+        raise DataError(
+            f"too few rows for the split: {n} rows give {sizes['train']} train / {sizes['valid']} valid / "
+            f"{sizes['test']} test, and each needs at least {MIN_ROWS['train']}/{MIN_ROWS['valid']}/"
+            f"{MIN_ROWS['test']}; use at least {need} rows or change data.split"
+        )
+    stratify = None
+    for name, (column, kind) in tasks.items():
+        if kind in (BINARY, MULTICLASS):
+            key = frame[column].astype("string").fillna(_MISSING_CATEGORY)
+            counts = key.value_counts()
+            if counts.min() >= 3:
+                stratify = key.to_numpy()
+                notes.append(f"split stratified on task {name}")
+            break
+    rows = np.arange(n)
+    rest, test_rows = train_test_split(rows, test_size=sizes["test"], random_state=seed,
+                                       stratify=stratify)
+    rest_stratify = stratify[rest] if stratify is not None else None
+    train_rows, valid_rows = train_test_split(rest, test_size=sizes["valid"], random_state=seed,
+                                              stratify=rest_stratify)
+    return {"train": np.sort(train_rows), "valid": np.sort(valid_rows), "test": np.sort(test_rows)}
+
+
+def _encode_target(
+    name: str, column: str, kind: str, values: pd.Series, index: dict[str, np.ndarray], origin: str
+) -> tuple[Task, dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]:
+    where = f"task {name} (column {column} in {origin})"
+    present = values.notna().to_numpy()
+    train = index["train"]
+    if not present[train].any():
+        raise DataError(f"{where}: every training label is missing")
+    encoded: dict[str, np.ndarray] = {}
+    mask: dict[str, np.ndarray] = {}
+    if kind == REGRESSION:
+        numeric = pd.to_numeric(values, errors="coerce")
+        bad = values.notna() & numeric.isna()
+        if bad.any():
+            examples = ", ".join(repr(v) for v in values[bad].unique()[:3])
+            raise DataError(f"{where}: a regression target must be numeric, but holds {examples}; "
+                            "use type binary or multiclass for labels")
+        array = numeric.to_numpy(dtype=np.float64)
+        if not np.isfinite(array[present]).all():
+            raise DataError(f"{where}: holds infinite values; replace them or leave the cells empty")
+        mean = float(np.mean(array[train][present[train]]))
+        std = float(np.std(array[train][present[train]]))
+        if std == 0:
+            raise DataError(f"{where}: every training label equals {mean:g}; nothing to learn")
+        standardised = np.where(present, (array - mean) / std, 0.0).astype(np.float32)
+        for split, rows in index.items():
+            encoded[split] = standardised[rows]
+            mask[split] = present[rows]
+        return Task(name, column, kind, mean=mean, std=std), encoded, mask, None
+
+    text = values.astype("string")
+    classes = tuple(sorted(text[train][present[train]].unique(), key=_class_order))
+    if len(classes) < 2:
+        raise DataError(f"{where}: a {kind} target needs at least two classes in the training split, "
+                        f"found {list(classes)}")
+    if kind == BINARY and len(classes) > 2:
+        shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
+        raise DataError(f"{where}: a binary target has two classes, found {len(classes)} ({shown}); "
+                        "use type multiclass")
+    codes = pd.Categorical(text, categories=list(classes)).codes.astype(np.int64)
+    known = codes >= 0
+    dtype = np.float32 if kind == BINARY else np.int64
+    for split, rows in index.items():
+        encoded[split] = np.where(known[rows], codes[rows], 0).astype(dtype)
+        mask[split] = known[rows]
+    prior = class_prior(codes[train][known[train]], len(classes))
+    task = Task(name, column, kind, classes=tuple(str(c) for c in classes))
+    return task, encoded, mask, prior
+
+
+def _class_order(label: str) -> tuple[int, float | str]:
+    """Numeric labels in numeric order (so 0 < 1 < 10), then text labels alphabetically."""
+    try:
+        return (0, float(label))
+    except ValueError:
+        return (1, label)
+
+
+def _encode_features(
+    frame: pd.DataFrame, index: dict[str, np.ndarray], origin: str
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Scale numeric columns and one-hot encode the rest, fitted on the training rows."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c]) and
+               not pd.api.types.is_bool_dtype(frame[c])]
+    categorical = [c for c in frame.columns if c not in numeric]
+    for column in numeric:
+        values = frame[column].to_numpy(dtype=np.float64, na_value=np.nan)
+        if np.isinf(values).any():
+            raise DataError(f"feature column {column} in {origin} holds infinite values; "
+                            "replace them or leave the cells empty")
+    cats = frame[categorical].astype("string").astype(object).where(frame[categorical].notna(), _MISSING_CATEGORY)
+    table = pd.concat([frame[numeric], cats], axis=1)
+    transformers = []
+    if numeric:
+        transformers.append(("num", make_pipeline(SimpleImputer(strategy="median", add_indicator=True,
+                                                                keep_empty_features=True),
+                                                  StandardScaler()), numeric))
+    if categorical:
+        transformers.append(("cat", OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=10,
+                                                  sparse_output=False, dtype=np.float32), categorical))
+    encoder = ColumnTransformer(transformers, sparse_threshold=0.0, verbose_feature_names_out=False)
+    encoder.fit(table.iloc[index["train"]])
+    names = [str(n) for n in encoder.get_feature_names_out()]
+    out = {split: np.ascontiguousarray(encoder.transform(table.iloc[rows]), dtype=np.float32)
+           for split, rows in index.items()}
+    return out, names

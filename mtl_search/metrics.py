@@ -1,0 +1,130 @@
+"""Per-task losses and metrics, and the normalised loss that makes tasks comparable.
+
+Training losses (torch, masked): MSE on standardised targets, binary
+cross-entropy with logits, cross-entropy. Rows whose label is missing for a
+task carry ``mask = False`` and do not count in that task's loss.
+
+The *normalised loss* of a task is its loss divided by the loss of a trivial
+predictor fitted on the training split (the training mean for regression, the
+training class prior for classification), both measured on the same rows.
+About 1 for a useless model; lower is better.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REGRESSION, BINARY, MULTICLASS = "regression", "binary", "multiclass"
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """A reported metric and whether larger is better."""
+
+    name: str
+    higher_is_better: bool
+
+
+#: The headline metric per task type (the leaderboard's per-task column).
+PRIMARY_METRIC: dict[str, MetricInfo] = {
+    REGRESSION: MetricInfo("rmse", higher_is_better=False),
+    BINARY: MetricInfo("auc", higher_is_better=True),
+    MULTICLASS: MetricInfo("accuracy", higher_is_better=True),
+}
+
+
+def masked_loss(kind: str, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean loss over the rows whose label is present (0 when none is)."""
+    if kind == REGRESSION:
+        per_row = (output - target) ** 2
+    elif kind == BINARY:
+        per_row = F.binary_cross_entropy_with_logits(output, target, reduction="none")
+    elif kind == MULTICLASS:
+        per_row = F.cross_entropy(output, target, reduction="none")
+    else:
+        raise ValueError(f"unknown task type {kind!r}; valid: {BINARY}, {MULTICLASS}, {REGRESSION}")
+    weight = mask.to(per_row.dtype)
+    return (per_row * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def trivial_loss(kind: str, target: np.ndarray, mask: np.ndarray, prior: np.ndarray | None) -> float:
+    """Loss of the trivial predictor on labelled rows of one split.
+
+    For regression the targets are standardised on the training split, so the
+    trivial prediction is 0. For classification ``prior`` holds the training
+    class frequencies (binary: ``[p_negative, p_positive]``).
+    """
+    y = target[mask]
+    if y.size == 0:
+        return float("nan")
+    if kind == REGRESSION:
+        return float(np.mean(y.astype(np.float64) ** 2))
+    assert prior is not None
+    probabilities = prior[y.astype(np.int64)]
+    return float(-np.mean(np.log(probabilities)))
+
+
+def class_prior(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Training class frequencies with one pseudo-count per class (no zero probabilities)."""
+    counts = np.bincount(labels.astype(np.int64), minlength=num_classes).astype(np.float64) + 1.0
+    return counts / counts.sum()
+
+
+def evaluate_task(
+    kind: str,
+    output: np.ndarray,
+    target: np.ndarray,
+    mask: np.ndarray,
+    *,
+    target_std: float = 1.0,
+) -> dict[str, float]:
+    """Loss and metrics of one task on one split, from raw network outputs.
+
+    Regression errors (``rmse``, ``mae``) are in the target's original units
+    (``target_std`` undoes the standardisation); ``r2`` is unit-free.
+    """
+    out = output[mask].astype(np.float64)
+    y = target[mask]
+    if y.size == 0:
+        return {}
+    if kind == REGRESSION:
+        error = out - y
+        mse = float(np.mean(error**2))
+        spread = float(np.sum((y - y.mean()) ** 2))
+        return {
+            "loss": mse,
+            "rmse": math.sqrt(mse) * target_std,
+            "mae": float(np.mean(np.abs(error))) * target_std,
+            "r2": 1.0 - float(np.sum(error**2)) / spread if spread > 0 else float("nan"),
+        }
+    if kind == BINARY:
+        from sklearn.metrics import roc_auc_score
+
+        y = y.astype(np.int64)
+        log_p = -np.logaddexp(0.0, -out)  # log sigmoid
+        log_not_p = -np.logaddexp(0.0, out)
+        loss = float(-np.mean(np.where(y == 1, log_p, log_not_p)))
+        both = 0 < y.sum() < y.size
+        return {
+            "loss": loss,
+            "auc": float(roc_auc_score(y, out)) if both else float("nan"),
+            "accuracy": float(np.mean((out > 0) == (y == 1))),
+        }
+    if kind == MULTICLASS:
+        from sklearn.metrics import f1_score
+
+        y = y.astype(np.int64)
+        shifted = out - out.max(axis=1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        predicted = out.argmax(axis=1)
+        return {
+            "loss": float(-np.mean(log_probs[np.arange(y.size), y])),
+            "accuracy": float(np.mean(predicted == y)),
+            "macro_f1": float(f1_score(y, predicted, average="macro", zero_division=0)),
+        }
+    raise ValueError(f"unknown task type {kind!r}; valid: {BINARY}, {MULTICLASS}, {REGRESSION}")

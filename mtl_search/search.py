@@ -1,0 +1,324 @@
+"""The only Ray Tune code: the spec's space as an Optuna define-by-run space,
+the scheduler, the Tuner, and callbacks that record and show trials as they end.
+
+The group is a categorical hyperparameter (its string id). Every candidate
+group is seeded with one trial through ``points_to_evaluate`` (those run
+first); Optuna's TPE proposes the rest. A group of one task has nothing to
+share or weigh, so for it ``sharing_depth`` and ``weighting`` are not sampled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from ray.tune import Callback
+
+from mtl_search import storage
+from mtl_search.config import Domain, ExperimentSpec
+from mtl_search.data import PreparedData
+from mtl_search.grouping import group_tasks
+from mtl_search.leaderboard import trial_row, trials_frame
+
+#: Hyperparameters that mean nothing for a group of one task.
+MULTI_TASK_ONLY = ("sharing_depth", "weighting")
+#: Ray Train's controller polls its workers this often (seconds). Ray's default
+#: (2 s) makes every per-epoch report cost about 1.9 s; measured here, 0.05 s cuts that to 0.055 s.
+TRAIN_POLL_INTERVAL_S = "0.05"
+
+log = logging.getLogger(__name__)
+
+
+def _suggest(trial: Any, name: str, domain: Domain) -> Any:
+    if domain.kind == "choice":
+        return trial.suggest_categorical(name, list(domain.values))
+    if domain.kind == "int":
+        return trial.suggest_int(name, domain.values[0], domain.values[1], log=domain.log)
+    return trial.suggest_float(name, domain.values[0], domain.values[1], log=domain.log)
+
+
+@dataclass(frozen=True)
+class DefineByRunSpace:
+    """An Optuna define-by-run space over the group and the spec's hyperparameters.
+
+    Called with an Optuna trial, it samples with ``trial.suggest_*`` and returns
+    the constants, which ``OptunaSearch`` merges into the trial's config. A
+    module-level class (not a closure) so the searcher's state can be pickled.
+    """
+
+    domains: dict[str, Domain]
+    groups: tuple[str, ...]
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        group = trial.suggest_categorical("group", list(self.groups))
+        single = len(group_tasks(group)) == 1
+        constants: dict[str, Any] = {}
+        for name, domain in self.domains.items():
+            if single and name in MULTI_TASK_ONLY:
+                continue
+            if domain.is_constant:
+                constants[name] = domain.values[0]
+            else:
+                _suggest(trial, name, domain)
+        if single:
+            constants["weighting"] = "equal"
+            constants["sharing_depth"] = 0  # unused: one task shares its whole trunk with itself
+        return constants
+
+
+def seed_points(domains: dict[str, Domain], groups: Sequence[str]) -> list[dict[str, Any]]:
+    """One point per group with every sampled hyperparameter at its domain's default."""
+    points = []
+    for group in groups:
+        single = len(group_tasks(group)) == 1
+        point: dict[str, Any] = {"group": group}
+        for name, domain in domains.items():
+            if domain.is_constant or (single and name in MULTI_TASK_ONLY):
+                continue
+            point[name] = domain.default()
+        points.append(point)
+    return points
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """Everything the search needs beyond the spec, resolved at run time."""
+
+    groups: list[str]
+    num_samples: int
+    gpus_per_worker: float
+
+
+def resolve_num_samples(spec: ExperimentSpec, groups: Sequence[str]) -> int:
+    """``search.num_samples``, with ``auto`` meaning twice the candidate groups.
+
+    Raises:
+        SpecError: fewer samples than groups (every group needs a seed trial).
+    """
+    from mtl_search.errors import SpecError
+
+    requested = spec.search.num_samples
+    if requested == "auto":
+        return 2 * len(groups)
+    if requested < len(groups):
+        raise SpecError(
+            f"search.num_samples={requested} is smaller than the {len(groups)} candidate groups, and every "
+            f"group needs at least one trial: set search.num_samples >= {len(groups)} (or 'auto'), or "
+            "propose fewer groups (grouping.max_group_size)"
+        )
+    return int(requested)
+
+
+# --------------------------------------------------------------------------- callbacks
+
+
+class TrialRecorder(Callback):
+    """Keeps every trial's last result and rewrites ``trials.csv`` whenever a trial ends.
+
+    A crash therefore leaves every finished trial on disk. ASHA-stopped trials
+    never return from their function, so the last *reported* result is what counts.
+    """
+
+    def __init__(self, path: Path, *, max_epochs: int, on_row: Callable[[dict[str, Any]], None] | None = None):
+        self.path = path
+        self.max_epochs = max_epochs
+        self.on_row = on_row
+        self.rows: dict[str, dict[str, Any]] = {}
+
+    def _record(self, trial: Any, error: str | None = None) -> None:
+        row = trial_row(trial.trial_id, trial.config, trial.last_result or None,
+                        max_epochs=self.max_epochs, error=error)
+        self.rows[trial.trial_id] = row
+        storage.atomic_write_csv(self.path, trials_frame(self.rows.values()))
+        if self.on_row is not None:
+            self.on_row(row)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._record(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._record(trial, error=_error_text(trial))
+
+
+def _error_text(trial: Any) -> str:
+    path = getattr(trial, "error_file", None)
+    try:
+        if path and os.path.exists(path):
+            with open(path) as handle:
+                return handle.read()
+    except OSError:
+        pass
+    return "the trial failed (no error file)"
+
+
+class Progress:
+    """Prints one line per finished trial: count, group, outcome, elapsed and remaining time."""
+
+    def __init__(self, total: int, echo: Callable[[str], None] = print):
+        self.total = total
+        self.echo = echo
+        self.started = time.time()
+        self.done = 0
+        self.best: dict[str, float] = {}
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        self.done += 1
+        elapsed = time.time() - self.started
+        remaining = elapsed / self.done * (self.total - self.done)
+        score = row.get("score")
+        outcome = f"score {score:.4f}" if isinstance(score, float) and score == score else row["status"]
+        if isinstance(score, float) and score == score:
+            self.best[row["group"]] = min(score, self.best.get(row["group"], float("inf")))
+        detail = row["status"] if row["status"] != "completed" else f"{row['epochs_run']} epochs"
+        self.echo(
+            f"[{self.done:>{len(str(self.total))}}/{self.total}] {row['group']:<30} {outcome:<14} "
+            f"({detail}, {row.get('wall_s', float('nan')):.1f} s)   elapsed {_clock(elapsed)}, "
+            f"~{_clock(remaining)} left"
+        )
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+# --------------------------------------------------------------------------- the search
+
+
+def connect_ray(address: str | None = None, *, verbose: bool = False, num_cpus: int | None = None) -> None:
+    """Start or join Ray, with Train's faster polling and quiet logs unless ``verbose``."""
+    import ray
+
+    quiet_logs(verbose)
+    if ray.is_initialized():
+        return
+    env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": TRAIN_POLL_INTERVAL_S}
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        # A local machine has no spot preemption to watch for: skip the watcher actor each Train run starts.
+        env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+    ray.init(
+        address=address,
+        num_cpus=num_cpus,
+        runtime_env={"env_vars": env},
+        logging_level=logging.INFO if verbose else logging.WARNING,
+        log_to_driver=verbose,
+    )
+
+
+def quiet_logs(verbose: bool) -> None:
+    """Keep the console to mtl_search's own progress lines unless ``verbose``."""
+    import optuna
+
+    if verbose:
+        return
+    # Tune's newer console output prints banners even at verbose=0; the legacy reporter is silent at 0.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in ("ray", "ray.tune", "ray.train"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # Notes that say nothing a user of a local run can act on: "operation took 1.0 s" on a busy
+    # machine, and that token authentication is on (it is, and should stay on; see cluster/README.md).
+    for name in ("ray.tune.utils.util", "ray._private.authentication.authentication_token_setup"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def resolve_gpus(spec: ExperimentSpec) -> float:
+    """``resources.gpus_per_worker``; ``auto`` is 1 when the Ray cluster has a GPU, else 0."""
+    import ray
+
+    requested = spec.resources.gpus_per_worker
+    if requested == "auto":
+        return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    return float(requested)
+
+
+def run_search(
+    spec: ExperimentSpec,
+    data: PreparedData,
+    plan: SearchPlan,
+    result_dir: Path,
+    *,
+    echo: Callable[[str], None] = print,
+    verbose: bool = False,
+) -> pd.DataFrame:
+    """Run the Tune + Optuna search and return the trials table (also written to ``trials.csv``)."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from mtl_search.ray_train import TRIAL_FUNCTIONS, DataRef, trial_resources
+    from mtl_search.scheduler import GroupedASHAScheduler
+
+    domains = spec.space.domains()
+    max_epochs = spec.space.max_epochs
+    searcher = OptunaSearch(
+        space=DefineByRunSpace(domains, tuple(plan.groups)),
+        metric="score",
+        mode="min",
+        points_to_evaluate=seed_points(domains, plan.groups),
+        seed=spec.seed,
+    )
+    if spec.search.scheduler.type == "asha":
+        scheduler: Any = GroupedASHAScheduler(
+            time_attr="epoch", max_t=max_epochs, grace_period=spec.search.scheduler.grace_period,
+            reduction_factor=spec.search.scheduler.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    executor = spec.search.trial_executor
+    system = {
+        "seed": spec.seed,
+        "workers": spec.resources.workers_per_trial,
+        "cpus_per_worker": spec.resources.cpus_per_worker,
+        "gpus_per_worker": plan.gpus_per_worker,
+        "train_storage": str(result_dir / storage.TRAIN_DIR),
+    }
+    data_ref = DataRef(ray.put(data))
+    trainable = tune.with_resources(
+        tune.with_parameters(TRIAL_FUNCTIONS[executor], data=data_ref, system=system),
+        trial_resources(executor, cpus_per_worker=spec.resources.cpus_per_worker,
+                        gpus_per_worker=plan.gpus_per_worker),
+    )
+    progress = Progress(plan.num_samples, echo)
+    recorder = TrialRecorder(result_dir / storage.TRIALS_FILE, max_epochs=max_epochs, on_row=progress)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            metric="score",
+            mode="min",
+            num_samples=plan.num_samples,
+            max_concurrent_trials=spec.search.max_concurrent_trials,
+            # An inline trial's process (torch already imported) can host the next trial. A Train
+            # trial's cannot: an ASHA-stopped TorchTrainer.fit() never returns, so resetting its actor
+            # for reuse waits forever; the actor must be killed (its Train run goes with it).
+            reuse_actors=executor == "inline",
+        ),
+        run_config=tune.RunConfig(
+            name=storage.TUNE_DIR,
+            storage_path=str(result_dir),
+            callbacks=[recorder],
+            verbose=2 if verbose else 0,
+            failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
+        ),
+    )
+    grid = tuner.fit()
+    # Fill in anything the callbacks could not see (e.g. a trial that never started).
+    for result in grid:
+        trial_id = (result.metrics or {}).get("trial_id")
+        if trial_id and trial_id not in recorder.rows:
+            error = repr(result.error) if result.error else None
+            recorder.rows[trial_id] = trial_row(trial_id, result.config or {}, result.metrics,
+                                                max_epochs=max_epochs, error=error)
+    trials = trials_frame(recorder.rows.values())
+    storage.atomic_write_csv(result_dir / storage.TRIALS_FILE, trials)
+    return trials

@@ -1,0 +1,65 @@
+"""Shared fixtures: a real local Ray (2 CPUs) and small specs and tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mtl_search.config import spec_from_dict
+from mtl_search.data import PreparedData, prepare
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One real local Ray instance for the whole session (2 CPUs, as on CI)."""
+    import ray
+
+    from mtl_search.search import connect_ray
+
+    connect_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+def planted_spec_dict(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    """A tiny planted-cluster experiment (2 clusters x 2 tasks), inline executor, few epochs."""
+    spec: dict[str, Any] = {
+        "name": "planted",
+        "seed": 0,
+        "data": {"source": "builtin:planted", "params": {"rows": 600, "features": 8, "latent_dim": 3,
+                                                         "missing": 0.2}},
+        "space": {"depth": 1, "sharing_depth": 1, "width": 8, "head_sizes": "", "weighting": "equal",
+                  "lr": 0.01, "batch_size": 128, "epochs": 2},
+        "search": {"num_samples": "auto", "max_concurrent_trials": 2, "trial_executor": "inline"},
+        "output": str(tmp_path / "results"),
+    }
+    for key, value in overrides.items():
+        node = spec
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return spec
+
+
+@pytest.fixture
+def write_spec(tmp_path: Path):
+    """Write a spec dict as YAML and return its path."""
+
+    def write(spec: dict[str, Any], name: str = "spec.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def planted_data() -> PreparedData:
+    """Prepared planted data: tasks a0 (regression), a1 (binary), b0 (multiclass), b1 (regression)."""
+    spec = spec_from_dict({"name": "t", "data": {"source": "builtin:planted",
+                                                 "params": {"rows": 800, "features": 12, "missing": 0.2}}})
+    return prepare(spec)

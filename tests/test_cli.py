@@ -1,0 +1,96 @@
+"""The command line: help, exit codes, clear errors without tracebacks, and a real run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mtl_search.cli import main
+
+from .conftest import planted_spec_dict
+
+
+def test_help_explains_the_commands(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "run" in out and "validate" in out and "leaderboard.csv" in out
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "--set" in capsys.readouterr().out
+
+
+def test_validate_checks_without_training(write_spec, tmp_path: Path, capsys):
+    assert main(["validate", str(write_spec(planted_spec_dict(tmp_path)))]) == 0
+    out = capsys.readouterr().out
+    assert "candidate groups (exhaustive): 15" in out and "spec and data are valid" in out
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    ({"search.trial_executor": "local"}, ["search.trial_executor", "inline"]),
+    ({"data.source": "missing.csv", "data.params": {}}, ["missing.csv", "does not exist"]),
+    ({"search.num_samples": 3}, ["num_samples=3", "15 candidate groups"]),
+    ({"data.params": {"clusterz": 2}}, ["data.params.clusterz", "clusters"]),
+])
+def test_bad_input_exits_2_with_a_message_and_no_traceback(write_spec, tmp_path: Path, capsys, change, words):
+    assert main(["validate", str(write_spec(planted_spec_dict(tmp_path, **change)))]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("error: ")
+    for word in words:
+        assert word in err
+
+
+def test_bad_arguments_exit_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["run"])
+    assert info.value.code == 2
+    assert main(["validate", "nope.yaml", "--set", "name"]) == 2
+
+
+def test_existing_results_are_never_overwritten_silently(write_spec, tmp_path: Path, capsys):
+    spec = write_spec(planted_spec_dict(tmp_path))
+    existing = tmp_path / "results" / "planted"
+    existing.mkdir(parents=True)
+    (existing / "leaderboard.csv").write_text("precious\n")
+    assert main(["run", str(spec)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (existing / "leaderboard.csv").read_text() == "precious\n"
+
+
+DOCUMENTED = {
+    "trials.csv": ["trial_id", "group", "n_tasks", "status", "reason", "depth", "sharing_depth", "width",
+                   "head_sizes", "weighting", "lr", "weight_decay", "dropout", "batch_size", "epochs", "epochs_run",
+                   "best_epoch", "score", "test_score", "params", "threads", "wall_s", "train_loop_s",
+                   "overhead_s"],
+    "groups.csv": ["group", "n_tasks", "trials", "trials_failed", "best_trial", "valid_score", "test_score",
+                   "params"],
+    "leaderboard.csv": ["rank", "grouping", "n_groups", "valid_score", "score", "delta_vs_single_task_pct",
+                        "params"],
+}
+
+
+def test_run_in_a_fresh_process_writes_the_documented_results(write_spec, tmp_path: Path):
+    spec = write_spec(planted_spec_dict(tmp_path, **{"data.params": {"rows": 400, "features": 8, "clusters": 1,
+                                                                     "tasks_per_cluster": 3},
+                                                     "search.num_samples": 8}))
+    done = subprocess.run([sys.executable, "-m", "mtl_search", "run", str(spec), "--set", "space.epochs=3"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "top groupings" in done.stdout and "[8/8]" in done.stdout
+    out = tmp_path / "results" / "planted"
+    for name, columns in DOCUMENTED.items():
+        frame = pd.read_csv(out / name)
+        assert set(columns) <= set(frame.columns), (name, set(columns) - set(frame.columns))
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert len(board) == 5  # Bell(3)
+    assert {"a0|a1|a2", "a0+a1+a2"} <= set(board["grouping"])
+    assert {"test_a0_rmse", "test_a1_auc", "test_a2_accuracy"} <= set(board.columns)
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 8 and (trials["epochs"] == 3).all()
+    assert "epochs: 3" in (out / "config.yaml").read_text()

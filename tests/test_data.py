@@ -1,0 +1,164 @@
+"""Reading tables, checking columns, splitting, encoding and label masks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mtl_search.config import spec_from_dict
+from mtl_search.data import SPLITS, prepare
+from mtl_search.errors import DataError
+
+TASKS = {"price": {"column": "price", "type": "regression"},
+         "sold": {"column": "sold", "type": "binary"},
+         "colour": {"column": "colour", "type": "multiclass"}}
+
+
+def make_table(rows: int = 200, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({
+        "size": rng.normal(50, 10, rows),
+        "region": rng.choice(["north", "south", "east"], rows),
+        "age": rng.integers(0, 30, rows).astype(float),
+    })
+    frame["price"] = 3 * frame["size"] + rng.normal(0, 5, rows)
+    frame["sold"] = np.where(rng.random(rows) < 0.4, "yes", "no")
+    frame["colour"] = rng.choice(["red", "green", "blue"], rows)
+    return frame
+
+
+def spec_for(path: Path, **data) -> object:
+    return spec_from_dict({"name": "t", "data": {"source": str(path), "tasks": TASKS, **data}})
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz", ".parquet"])
+def test_reads_every_supported_format(tmp_path: Path, suffix: str):
+    path = tmp_path / f"table{suffix}"
+    frame = make_table()
+    frame.to_parquet(path) if suffix == ".parquet" else frame.to_csv(path, index=False)
+    data = prepare(spec_for(path))
+    assert sum(data.splits[s].rows for s in SPLITS) == 200
+    assert data.input_columns == ["size", "region", "age"]
+    assert data.tasks["sold"].classes == ("no", "yes")
+    assert data.tasks["colour"].outputs == 3
+    assert data.splits["train"].x.dtype == np.float32
+
+
+def test_split_fractions_and_seed(tmp_path: Path):
+    path = tmp_path / "t.csv"
+    make_table(rows=1000).to_csv(path, index=False)
+    data = prepare(spec_for(path, split={"valid": 0.2, "test": 0.1}))
+    assert (data.splits["train"].rows, data.splits["valid"].rows, data.splits["test"].rows) == (700, 200, 100)
+    again = prepare(spec_for(path, split={"valid": 0.2, "test": 0.1}))
+    assert np.array_equal(data.splits["valid"].x, again.splits["valid"].x)
+
+
+def test_preprocessing_and_target_scaling_are_fitted_on_train_only(tmp_path: Path):
+    path = tmp_path / "t.csv"
+    frame = make_table(rows=1000)
+    frame.to_csv(path, index=False)
+    data = prepare(spec_for(path))
+    train = data.splits["train"]
+    size = data.feature_names.index("size")
+    assert train.x[:, size].mean() == pytest.approx(0.0, abs=1e-5)
+    assert train.x[:, size].std() == pytest.approx(1.0, abs=1e-3)
+    price = data.tasks["price"]
+    assert train.y["price"].mean() == pytest.approx(0.0, abs=1e-5)
+    assert data.splits["valid"].y["price"].mean() != pytest.approx(0.0, abs=1e-6)
+    # Standardised against training statistics: undoing it gives the raw prices back.
+    assert price.std == pytest.approx(np.std(train.y["price"] * price.std + price.mean), rel=1e-4)
+
+
+def test_missing_labels_are_masked_per_task_not_dropped(tmp_path: Path):
+    path = tmp_path / "t.csv"
+    frame = make_table(rows=400)
+    frame.loc[::4, "price"] = np.nan
+    frame.loc[1::5, "colour"] = None
+    frame.to_csv(path, index=False)
+    data = prepare(spec_for(path))
+    rows = sum(data.splits[s].rows for s in SPLITS)
+    assert rows == 400
+    labelled = {t: sum(int(data.splits[s].mask[t].sum()) for s in SPLITS) for t in TASKS}
+    assert labelled == {"price": 300, "sold": 400, "colour": 320}
+    # Masked rows hold a harmless filler, never NaN, so a masked loss stays finite.
+    for split in SPLITS:
+        assert np.isfinite(data.splits[split].y["price"]).all()
+
+
+def test_trivial_loss_is_the_training_predictor_on_each_split(tmp_path: Path):
+    path = tmp_path / "t.csv"
+    make_table(rows=1000).to_csv(path, index=False)
+    data = prepare(spec_for(path))
+    valid = data.splits["valid"]
+    assert valid.trivial_loss["price"] == pytest.approx(np.mean(valid.y["price"] ** 2), rel=1e-5)
+    assert data.splits["train"].trivial_loss["price"] == pytest.approx(1.0, rel=1e-5)
+
+
+def test_feature_missing_values_are_imputed(tmp_path: Path):
+    path = tmp_path / "t.csv"
+    frame = make_table()
+    frame.loc[::3, "size"] = np.nan
+    frame.loc[::7, "region"] = None
+    frame.to_csv(path, index=False)
+    data = prepare(spec_for(path))
+    assert all(np.isfinite(data.splits[s].x).all() for s in SPLITS)
+    assert "missingindicator_size" in data.feature_names
+
+
+def test_missing_column_names_the_column_the_file_and_close_matches(tmp_path: Path):
+    path = tmp_path / "t.csv"
+    make_table().to_csv(path, index=False)
+    spec = spec_from_dict({"name": "t", "data": {"source": str(path), "tasks": {
+        "price": {"column": "prices", "type": "regression"}}}})
+    with pytest.raises(DataError) as info:
+        prepare(spec)
+    message = str(info.value)
+    assert "'prices'" in message and str(path) in message and "price" in message
+    assert "data.tasks.price.column" in message
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    (lambda f: f.assign(sold=np.where(np.arange(len(f)) % 3 == 0, "maybe", f["sold"])), ["binary", "multiclass"]),
+    (lambda f: f.assign(colour="red"), ["two classes"]),
+    (lambda f: f.assign(price="cheap"), ["regression", "numeric", "'cheap'"]),
+    (lambda f: f.assign(price=np.nan), ["price", "missing"]),
+    (lambda f: f.assign(size=np.where(np.arange(len(f)) == 5, np.inf, f["size"])), ["size", "infinite"]),
+    (lambda f: f.head(12), ["too few rows"]),
+])
+def test_unusable_data_is_a_clear_error(tmp_path: Path, change, words: list[str]):
+    path = tmp_path / "t.csv"
+    change(make_table()).to_csv(path, index=False)
+    with pytest.raises(DataError) as info:
+        prepare(spec_for(path))
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_target_used_as_feature_and_unknown_drop(tmp_path: Path):
+    path = tmp_path / "t.csv"
+    make_table().to_csv(path, index=False)
+    with pytest.raises(DataError, match="target"):
+        prepare(spec_for(path, features=["size", "price"]))
+    with pytest.raises(DataError, match="data.drop"):
+        prepare(spec_for(path, drop=["sizee"]))
+
+
+def test_missing_and_unsupported_files(tmp_path: Path):
+    with pytest.raises(DataError, match="does not exist"):
+        prepare(spec_for(tmp_path / "nope.csv"))
+    other = tmp_path / "t.xlsx"
+    other.write_text("x")
+    with pytest.raises(DataError, match="unsupported format"):
+        prepare(spec_for(other))
+
+
+def test_builtin_census_uses_its_documented_tasks():
+    data = prepare(spec_from_dict({"name": "t", "data": {"source": "builtin:census_income"}}))
+    assert list(data.tasks) == ["income", "weeks", "worker", "employment", "marital", "union"]
+    assert "instance_weight" not in data.input_columns
+    assert not {t.column for t in data.tasks.values()} & set(data.input_columns)
+    union = data.splits["train"].mask["union"].mean()
+    assert 0.05 < union < 0.2

@@ -1,0 +1,101 @@
+"""From trials to groups and groupings: statuses, best-per-group, ranking and honest columns."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mtl_search.leaderboard import best_per_group, format_top, rank_groupings, trial_row, trials_frame
+
+TYPES = {"a": "regression", "b": "binary"}
+GROUPS = ["a", "b", "a+b"]
+
+
+def result(epoch: int, score: float, test_score: float, metrics: dict, **extra) -> dict:
+    out = {"epoch": epoch, "score": score, "test/score": test_score, "params": 100, "wall_s": 10.0,
+           "train_loop_s": 4.0, "best_epoch": epoch, "status": "completed"}
+    for key, value in metrics.items():
+        out[key] = value
+    return out | extra
+
+
+def metrics_for(tasks: dict[str, tuple[float, float]]) -> dict:
+    """task -> (valid nloss, test nloss); metric values derived from them for easy checking."""
+    out = {}
+    for task, (valid, test) in tasks.items():
+        metric = "rmse" if TYPES[task] == "regression" else "auc"
+        out |= {f"valid/{task}/nloss": valid, f"test/{task}/nloss": test,
+                f"valid/{task}/{metric}": 1 - valid, f"test/{task}/{metric}": 1 - test}
+    return out
+
+
+def test_trial_statuses():
+    config = {"group": "a+b", "depth": 2, "sharing_depth": 5}
+    done = trial_row("t1", config, result(10, 0.5, 0.6, {}, sharing_depth=2), max_epochs=10)
+    assert done["status"] == "completed" and done["n_tasks"] == 2
+    assert done["sharing_depth"] == 2  # the effective value reported by training, not the sampled one
+    assert done["overhead_s"] == pytest.approx(6.0)
+    stopped = trial_row("t2", config, result(3, 0.5, 0.6, {}, status="running"), max_epochs=10)
+    assert stopped["status"] == "stopped" and "3 of 10" in stopped["reason"]
+    diverged = trial_row("t3", config, result(4, math.nan, math.nan, {}, status="diverged", reason="nan!"),
+                         max_epochs=10)
+    assert diverged["status"] == "diverged" and diverged["reason"] == "nan!" and math.isnan(diverged["score"])
+    failed = trial_row("t4", config, None, max_epochs=10, error="Traceback...\nValueError: boom")
+    assert failed["status"] == "error" and failed["reason"] == "ValueError: boom"
+    silent = trial_row("t5", config, None, max_epochs=10)
+    assert silent["status"] == "error" and "no result" in silent["reason"]
+
+
+def build_trials() -> pd.DataFrame:
+    rows = [
+        trial_row("a1", {"group": "a"}, result(5, 0.40, 0.42, metrics_for({"a": (0.40, 0.42)})), max_epochs=5),
+        trial_row("a2", {"group": "a"}, result(5, 0.30, 0.35, metrics_for({"a": (0.30, 0.35)})), max_epochs=5),
+        trial_row("b1", {"group": "b"}, result(5, 0.60, 0.65, metrics_for({"b": (0.60, 0.65)})), max_epochs=5),
+        trial_row("ab1", {"group": "a+b"}, result(5, 0.40, 0.30, metrics_for({"a": (0.35, 0.25), "b": (0.45, 0.35)})),
+                  max_epochs=5),
+        trial_row("ab2", {"group": "a+b"}, None, max_epochs=5, error="RuntimeError: x"),
+    ]
+    return trials_frame(rows)
+
+
+def test_best_per_group_is_chosen_on_validation():
+    groups = best_per_group(build_trials(), TYPES, GROUPS).set_index("group")
+    assert groups.loc["a", "best_trial"] == "a2" and groups.loc["a", "trials"] == 2
+    assert groups.loc["a+b", "trials"] == 2 and groups.loc["a+b", "trials_failed"] == 1
+    assert groups.loc["a+b", "test_score"] == pytest.approx(0.30)
+    assert groups.loc["a+b", "test_b_auc"] == pytest.approx(0.65)
+
+
+def test_groupings_ranked_on_validation_and_reported_on_test():
+    board = rank_groupings(best_per_group(build_trials(), TYPES, GROUPS), TYPES)
+    assert list(board.columns) == ["rank", "grouping", "n_groups", "valid_score", "score",
+                                   "delta_vs_single_task_pct", "test_a_rmse", "test_b_auc", "params"]
+    assert list(board["grouping"]) == ["a+b", "a|b"]  # 0.40 < mean(0.30, 0.60)
+    together, singles = board.iloc[0], board.iloc[1]
+    assert together["valid_score"] == pytest.approx(0.40) and together["score"] == pytest.approx(0.30)
+    assert singles["valid_score"] == pytest.approx(0.45) and singles["score"] == pytest.approx(0.50)
+    assert together["delta_vs_single_task_pct"] == pytest.approx(-40.0)
+    assert singles["delta_vs_single_task_pct"] == pytest.approx(0.0)
+    assert together["test_a_rmse"] == pytest.approx(0.75)  # from the test split, not validation
+    assert singles["params"] == 200
+    assert "a+b" in format_top(board)
+
+
+def test_groups_without_a_successful_trial_are_listed_but_not_scored():
+    trials = build_trials()
+    trials = trials[trials["group"] != "b"]
+    groups = best_per_group(trials, TYPES, GROUPS)
+    assert np.isnan(groups.set_index("group").loc["b", "valid_score"])
+    board = rank_groupings(groups, TYPES)
+    assert list(board["grouping"]) == ["a+b"]
+    assert np.isnan(board.iloc[0]["delta_vs_single_task_pct"])  # no single-task baseline to compare with
+
+
+def test_empty_inputs():
+    assert trials_frame([]).empty
+    empty = best_per_group(trials_frame([]), TYPES, GROUPS)
+    assert rank_groupings(empty, TYPES).empty
+    assert "no grouping" in format_top(rank_groupings(empty, TYPES))
