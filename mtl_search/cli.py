@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from mtl_search import __version__
 from mtl_search.errors import UserError
@@ -30,6 +30,8 @@ examples:
   mtl-search run search_spaces/tabular.yaml
   mtl-search run search_spaces/tabular.yaml --set search.num_samples=40 --name quick
   mtl-search validate my_spec.yaml
+  mtl-search submit search_spaces/tabular.yaml --address http://127.0.0.1:8265 --output s3://bucket/mtl --wait
+  mtl-search status JOB_ID --address http://127.0.0.1:8265
 """
 
 
@@ -61,8 +63,34 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", metavar="DIR", help="parent folder of the result directory (spec key: output)")
     run.add_argument("--name", help="experiment name, i.e. the result directory's name (spec key: name)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing result directory")
+    run.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run of this spec: finished trials are kept, unfinished ones "
+                          "continue from their last checkpoint")
     run.add_argument("--address", help="Ray cluster address to join (default: start a local Ray)")
     run.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+
+    resume = commands.add_parser(
+        "resume", help="continue an interrupted experiment",
+        description="Continue the interrupted experiment in RESULTS_DIR (the folder `run` wrote, e.g. "
+                    "results/census-demo) with the spec recorded there: finished trials are kept and not re-run, "
+                    "unfinished and failed ones continue from their last checkpoint, Optuna's state is restored, and "
+                    "the leaderboard is rebuilt from all trials.",
+    )
+    resume.add_argument("results_dir", metavar="RESULTS_DIR", help="the experiment's result directory")
+    resume.add_argument("--address", help="Ray cluster address to join (default: start a local Ray)")
+    resume.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+
+    select = commands.add_parser(
+        "select", help="choose the best set of networks for an inference budget",
+        description="Budgeted network selection (Standley et al. 2020), exact: from a table of trained networks, "
+                    "choose the set whose total cost fits the budget and minimises the summed loss, each task "
+                    "served by its best chosen network (networks may overlap). The table (CSV) has columns "
+                    "network (unique name), group (task ids joined by '+'), cost, and one loss column per task "
+                    "(empty = not served).",
+    )
+    select.add_argument("networks", metavar="NETWORKS.csv", help="the table of networks")
+    select.add_argument("--budget", type=float, required=True, help="the most total cost the networks may have")
+    select.add_argument("--json", action="store_true", help="print the selection as JSON")
 
     validate = commands.add_parser(
         "validate", help="check a spec and its data; trains nothing",
@@ -70,46 +98,161 @@ def build_parser() -> argparse.ArgumentParser:
                     "what a run would do. Nothing is trained and nothing is written.",
     )
     spec_arguments(validate)
+    _cluster_commands(commands, spec_arguments)
     return parser
 
 
-def _load(args: argparse.Namespace):  # noqa: ANN202 - returns ExperimentSpec
-    from mtl_search.config import load_spec
+def _cluster_commands(commands: argparse._SubParsersAction,
+                      spec_arguments: Callable[[argparse.ArgumentParser], None]) -> None:
+    """``submit``, ``status``, ``logs`` and ``stop``: a search as a Ray Job on a cluster (mtl_search.jobs)."""
+    address_help = ("the head's Ray dashboard / Jobs API, e.g. http://127.0.0.1:8265 (default: "
+                    "RAY_API_SERVER_ADDRESS, then RAY_ADDRESS); see cluster/README.md")
+    submit = commands.add_parser(
+        "submit", help="run the search on a Ray cluster as a Ray Job",
+        description="Validate the spec here, then submit `mtl-search run` as a Ray Job: the spec, a local data file "
+                    "and this mtl_search package travel with the job. Prints the job id. Results go to the spec's "
+                    "output as the cluster sees it: an absolute path on the head node or a URI (s3://, gs://). "
+                    "Ray's authentication token is read from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or "
+                    "~/.ray/auth_token.",
+    )
+    spec_arguments(submit)
+    submit.add_argument("--address", help=address_help)
+    submit.add_argument("--output", metavar="DIR_OR_URI",
+                        help="parent of the result directory on the cluster: an absolute path or s3://, gs:// URI")
+    submit.add_argument("--name", help="experiment name, i.e. the result directory's name (spec key: name)")
+    submit.add_argument("--overwrite", action="store_true", help="replace an existing result directory")
+    submit.add_argument("--wait", action="store_true",
+                        help="stream the job's log and exit with its outcome (0 succeeded, 2 bad input, 1 failed)")
+    submit.add_argument("--use-installed", action="store_true",
+                        help="run the mtl_search installed on the cluster instead of uploading this one")
+    submit.add_argument("--data-on-cluster", action="store_true",
+                        help="data.source is an absolute path on the cluster: do not upload the data file")
+    submit.add_argument("--verbose", action="store_true", help="show Ray's own logs in the job's log")
+    for name, text in (("status", "show a submitted job's status"), ("logs", "print a submitted job's log"),
+                       ("stop", "stop a submitted job")):
+        sub = commands.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]} (see `submit`).")
+        sub.add_argument("job_id", metavar="JOB_ID", help="the id `submit` printed")
+        sub.add_argument("--address", help=address_help)
+        if name == "logs":
+            sub.add_argument("--follow", action="store_true",
+                             help="keep streaming until the job ends, then exit with its outcome")
 
+
+def _overrides(args: argparse.Namespace) -> list[str]:
     overrides = list(args.overrides)
     if getattr(args, "output", None):
         overrides.append(f"output={args.output}")
     if getattr(args, "name", None):
         overrides.append(f"name={args.name}")
-    return load_spec(args.spec, overrides)
+    return overrides
+
+
+def _load(args: argparse.Namespace):  # noqa: ANN202 - returns ExperimentSpec
+    from mtl_search.config import load_spec
+
+    return load_spec(args.spec, _overrides(args))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from mtl_search.experiment import run_experiment
 
     spec = _load(args)
-    run_experiment(spec, overwrite=args.overwrite, address=args.address, verbose=args.verbose)
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues the results in place and --overwrite deletes them: choose one")
+    run_experiment(spec, overwrite=args.overwrite, resume=args.resume, address=args.address, verbose=args.verbose)
+    return EXIT_OK
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from mtl_search.experiment import resume_experiment
+
+    resume_experiment(args.results_dir, address=args.address, verbose=args.verbose)
+    return EXIT_OK
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    import json
+
+    from mtl_search.selection import format_selection, read_networks_csv, select_networks
+
+    networks, tasks = read_networks_csv(args.networks)
+    if args.budget < 0:
+        raise UserError(f"--budget must be >= 0, got {args.budget:g}")
+    selection = select_networks(networks, tasks, args.budget)
+    if selection is None:
+        cheapest = min(n.cost for n in networks)
+        raise UserError(f"no set of networks in {args.networks} within budget {args.budget:g} serves every task "
+                        f"({', '.join(tasks)}); the cheapest network alone costs {cheapest:g}: raise --budget")
+    print(json.dumps(selection.to_dict(), indent=2) if args.json else format_selection(selection))
     return EXIT_OK
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from mtl_search.data import prepare
-    from mtl_search.experiment import candidate_groups
+    from mtl_search.experiment import candidate_strategy
     from mtl_search.search import resolve_num_samples
+    from mtl_search.storage import result_location_text
 
     spec = _load(args)
     data = prepare(spec)
-    groups = candidate_groups(spec, data)
-    trials = resolve_num_samples(spec, groups)
+    strategy = candidate_strategy(spec)
     print(data.summary())
-    print(f"candidate groups ({spec.grouping.candidates}): {len(groups)}; trials: {trials}; "
-          f"epochs per trial: {spec.space.max_epochs}; executor: {spec.search.trial_executor}")
-    print(f"results would go to {spec.result_dir()}")
+    if strategy.needs_affinity:
+        print(f"candidate groups ({spec.grouping.candidates}): the singletons plus the groups of the top "
+              f"{spec.grouping.top_k} groupings, chosen after an all-task affinity run; "
+              f"epochs per trial: {spec.space.max_epochs}; executor: {spec.search.trial_executor}")
+    else:
+        groups = strategy.propose(list(data.tasks))
+        trials = resolve_num_samples(spec, groups)
+        print(f"candidate groups ({spec.grouping.candidates}): {len(groups)}; trials: {trials}; "
+              f"epochs per trial: {spec.space.max_epochs}; executor: {spec.search.trial_executor}")
+    print(f"results would go to {result_location_text(spec)}")
     print("spec and data are valid")
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate}
+def cmd_submit(args: argparse.Namespace) -> int:
+    from mtl_search.jobs import submit_search
+
+    return submit_search(args.spec, _overrides(args), address=args.address, wait=args.wait,
+                         overwrite=args.overwrite, verbose=args.verbose, use_installed=args.use_installed,
+                         data_on_cluster=args.data_on_cluster)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from mtl_search import jobs
+
+    print(jobs.describe(jobs.job_info(jobs.connect(args.address), args.job_id)))
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from mtl_search import jobs
+
+    client = jobs.connect(args.address)
+    if args.follow:
+        final = jobs.follow(client, args.job_id)
+        print(jobs.describe(final), file=sys.stderr)
+        return jobs.exit_code(final)
+    jobs.job_info(client, args.job_id)  # a clear error for an unknown id
+    print(client.get_job_logs(args.job_id), end="")
+    return EXIT_OK
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from mtl_search import jobs
+
+    client = jobs.connect(args.address)
+    jobs.job_info(client, args.job_id)
+    stopped = client.stop_job(args.job_id)
+    print(f"job {args.job_id}: {'stopping' if stopped else 'had already ended'}")
+    return EXIT_OK
+
+
+COMMANDS = {
+    "run": cmd_run, "resume": cmd_resume, "validate": cmd_validate, "select": cmd_select,
+    "submit": cmd_submit, "status": cmd_status, "logs": cmd_logs, "stop": cmd_stop,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

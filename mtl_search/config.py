@@ -173,8 +173,10 @@ def _float_in(low: float, high: float, *, low_open: bool = False) -> ValueCheck:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if ok:
             ok = (value > low if low_open else value >= low) and value <= high
-        if not ok:
-            return f"must be a number in {'(' if low_open else '['}{low}, {high}]"
+        if not ok or not math.isfinite(value):
+            if high == math.inf:
+                return f"must be a finite number {'>' if low_open else '>='} {low:g}"
+            return f"must be a number in {'(' if low_open else '['}{low:g}, {high:g}]"
         return None
 
     return check
@@ -219,6 +221,47 @@ def _check_weighting(value: Any) -> str | None:
     if value not in WEIGHTINGS:
         return f"unknown weighting; valid: {', '.join(sorted(WEIGHTINGS))}"
     return None
+
+
+_DOMAIN_KEYS = {"choice", "int", "float", "log"}
+
+
+def _parse_weighting_params(raw: Any) -> dict[str, Domain]:
+    """``space.weighting_params``: ``<scheme>.<param>`` -> a constant or a domain, each checked by its scheme.
+
+    Also accepts the nested form ``{dwa: {temperature: ...}}`` (what
+    ``--set space.weighting_params.dwa.temperature=3`` writes).
+    """
+    from mtl_search.weighting import WEIGHTINGS  # lazy: pulls in torch
+
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ValueError("must map <scheme>.<param> to a constant or a domain, e.g. {dwa.temperature: {float: [1, 4]}}")
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in WEIGHTINGS and isinstance(value, dict) and not set(value) & _DOMAIN_KEYS:
+            flat.update({f"{key}.{param}": inner for param, inner in value.items()})
+        else:
+            flat[str(key)] = value
+    valid = sorted(f"{name}.{param}" for name, scheme in WEIGHTINGS.items() for param in scheme.hyperparameters)
+    out: dict[str, Domain] = {}
+    for key, value in flat.items():
+        scheme, _, param = key.partition(".")
+        hyperparameter = WEIGHTINGS[scheme].hyperparameters.get(param) if scheme in WEIGHTINGS else None
+        if hyperparameter is None:
+            hint = difflib.get_close_matches(key, valid, n=1)
+            raise ValueError(f"{key}: unknown scheme parameter; valid: {', '.join(valid)}"
+                             + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+        try:
+            out[key] = value if isinstance(value, Domain) else _parse_domain(value, hyperparameter.check)
+        except ValueError as exc:
+            raise ValueError(f"{key}: {exc}") from None
+    return out
+
+
+_WeightingParams = Annotated[dict[str, Any], BeforeValidator(_parse_weighting_params),
+                             PlainSerializer(lambda params: {key: d.to_yaml() for key, d in params.items()})]
 
 
 # --------------------------------------------------------------------------- schema
@@ -290,11 +333,22 @@ class DataSpec(_Strict):
         return tasks
 
 
+class AffinitySpec(_Strict):
+    """The all-task run that measures inter-task affinity (``grouping.candidates: affinity``)."""
+
+    epochs: int | None = Field(None, ge=1)
+    every: int = Field(1, ge=1)
+
+
 class GroupingSpec(_Strict):
-    """How candidate groups of tasks are proposed."""
+    """How candidate groups of tasks are proposed, and which groupings are ranked."""
 
     candidates: str = "exhaustive"
     max_group_size: int | None = Field(None, ge=1)
+    max_groups: int | None = Field(None, ge=1)
+    top_k: int = Field(3, ge=1)
+    cost: Literal["networks", "params"] = "networks"
+    affinity: AffinitySpec = Field(default_factory=AffinitySpec)
 
     @field_validator("candidates")
     @classmethod
@@ -306,6 +360,13 @@ class GroupingSpec(_Strict):
         return value
 
 
+class ConfirmSpec(_Strict):
+    """Retrain the networks of the top groupings with fresh seeds and report test metrics."""
+
+    top_k: int = Field(3, ge=1)
+    seeds: int = Field(3, ge=1)
+
+
 class SpaceSpec(_Strict):
     """The per-trial hyperparameters: each a constant or a search domain."""
 
@@ -314,11 +375,15 @@ class SpaceSpec(_Strict):
     width: _domain_type(_int_at_least(1)) = Domain.choice(64, 128, 256)  # type: ignore[valid-type]
     head_sizes: _domain_type(_check_head_sizes, _normalise_head_sizes) = Domain.choice("", "32")  # type: ignore[valid-type]
     weighting: _domain_type(_check_weighting) = Domain.choice("equal", "uncertainty", "dwa")  # type: ignore[valid-type]
-    lr: _domain_type(_float_in(0.0, 10.0, low_open=True)) = Domain("float", (1e-4, 1e-2), log=True)  # type: ignore[valid-type]
+    lr: _domain_type(_float_in(0.0, math.inf, low_open=True)) = Domain("float", (1e-4, 1e-2), log=True)  # type: ignore[valid-type]
     weight_decay: _domain_type(_float_in(0.0, 1.0)) = Domain.const(0.0)  # type: ignore[valid-type]
     dropout: _domain_type(_float_in(0.0, 0.9)) = Domain.const(0.0)  # type: ignore[valid-type]
     batch_size: _domain_type(_int_at_least(1)) = Domain.const(512)  # type: ignore[valid-type]
     epochs: _domain_type(_int_at_least(1)) = Domain.const(20)  # type: ignore[valid-type]
+    #: The weighting schemes' own hyperparameters, ``<scheme>.<param>`` -> a constant or a domain
+    #: (e.g. ``dwa.temperature: {float: [1, 4]}``), replacing the scheme's default. The search samples
+    #: them only in trials that use the scheme; unset ones keep the scheme's default (see README).
+    weighting_params: _WeightingParams = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _epochs_fixed(self) -> SpaceSpec:
@@ -329,9 +394,26 @@ class SpaceSpec(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _weighting_params_used(self) -> SpaceSpec:
+        chosen = set(self.weighting.candidates())
+        unused = sorted(key for key in self.weighting_params if key.partition(".")[0] not in chosen)
+        if unused:
+            raise ValueError(
+                f"weighting_params sets {', '.join(unused)}, but space.weighting never chooses "
+                f"{', '.join(sorted({key.partition('.')[0] for key in unused}))} (it chooses "
+                f"{', '.join(map(str, self.weighting.candidates()))}): add the scheme to space.weighting "
+                "or remove the key (--set 'space.weighting_params={}' clears them all)"
+            )
+        return self
+
     def domains(self) -> dict[str, Domain]:
-        """Every hyperparameter's domain, by name, in declaration order."""
-        return {name: getattr(self, name) for name in type(self).model_fields}
+        """Every top-level hyperparameter's domain, by name, in declaration order.
+
+        The schemes' own hyperparameters are in :attr:`weighting_params`: they are
+        searched only for the scheme they belong to.
+        """
+        return {name: getattr(self, name) for name in type(self).model_fields if name != "weighting_params"}
 
     @property
     def max_epochs(self) -> int:
@@ -354,14 +436,16 @@ class SearchSpec(_Strict):
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     trial_executor: Literal["train", "inline"] = "train"
     max_failures: int = Field(0, ge=0)
+    checkpoint_every: int = Field(1, ge=0)
 
     @field_validator("num_samples", mode="before")
     @classmethod
     def _num_samples(cls, value: Any) -> Any:
-        if value == "auto":
+        if value in ("auto", "groups"):
             return value
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"must be 'auto' (twice the number of candidate groups) or an integer >= 1, got {value!r}")
+            raise ValueError(f"must be 'auto' (twice the number of candidate groups), 'groups' (one trial per "
+                             f"group) or an integer >= 1, got {value!r}")
         return value
 
 
@@ -392,6 +476,7 @@ class ExperimentSpec(_Strict):
     space: SpaceSpec = Field(default_factory=SpaceSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    confirm: ConfirmSpec | None = None
     output: str = "results"
 
     @field_validator("name")
@@ -424,6 +509,23 @@ class ExperimentSpec(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _gradient_weightings_are_single_worker(self) -> ExperimentSpec:
+        if self.resources.workers_per_trial == 1:
+            return self
+        from mtl_search.weighting import WEIGHTINGS  # lazy: pulls in torch
+
+        steering = sorted(str(name) for name in self.space.weighting.candidates()
+                          if WEIGHTINGS[name].needs_task_gradients)
+        if steering:
+            raise ValueError(
+                f"space.weighting may choose {', '.join(steering)}, which set the shared layers' gradient "
+                f"from every task's gradient and do not support data-parallel trials, but "
+                f"resources.workers_per_trial is {self.resources.workers_per_trial}: set "
+                "resources.workers_per_trial to 1 or remove them from space.weighting"
+            )
+        return self
+
     def result_dir(self) -> Path:
         """``<output>/<name>``, absolute."""
         return (Path(self.output).expanduser() / self.name).resolve()
@@ -449,7 +551,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentSpec
         raise SpecError(f"spec file {str(path)!r} does not exist; pass the path to a YAML spec such as "
                         "search_spaces/tabular.yaml")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"cannot read spec file {str(path)!r}: {exc}") from None
     except yaml.YAMLError as exc:
@@ -462,6 +564,25 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentSpec
         )
     raw = apply_overrides(raw, overrides)
     return spec_from_dict(raw, base_dir=path.resolve().parent, origin=str(path))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice in one mapping (lines {seen[key] + 1} and "
+                f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
 
 
 def spec_from_dict(raw: dict[str, Any], *, base_dir: Path | None = None, origin: str = "spec") -> ExperimentSpec:

@@ -311,6 +311,26 @@ def _class_order(label: str) -> tuple[int, float | str]:
         return (1, label)
 
 
+#: A text column whose non-empty cells are at least this share numbers is a numeric column with typos.
+_MOSTLY_NUMERIC = 0.9
+
+
+def _refuse_garbled_numbers(values: pd.Series, origin: str) -> None:
+    """Stop a numeric column with a few non-numbers from silently becoming a one-hot text column."""
+    present = values.dropna()
+    if present.empty:
+        return
+    parsed = pd.to_numeric(present, errors="coerce")
+    share = float(parsed.notna().mean())
+    if _MOSTLY_NUMERIC <= share < 1.0:
+        bad = present[parsed.isna()]
+        shown = ", ".join(f"{v!r} (data row {i + 1})" for i, v in list(bad.items())[:3])
+        raise DataError(
+            f"feature column {values.name} in {origin} is {share:.0%} numbers but also holds {shown}; "
+            "fix or empty those cells (empty cells are imputed), or drop the column with data.drop"
+        )
+
+
 def _encode_features(
     frame: pd.DataFrame, index: dict[str, np.ndarray], origin: str
 ) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -322,6 +342,9 @@ def _encode_features(
 
     numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c]) and
                not pd.api.types.is_bool_dtype(frame[c])]
+    for column in frame.columns:
+        if column not in numeric:
+            _refuse_garbled_numbers(frame[column], origin)
     categorical = [c for c in frame.columns if c not in numeric]
     for column in numeric:
         values = frame[column].to_numpy(dtype=np.float64, na_value=np.nan)

@@ -22,3 +22,7 @@ class DataError(UserError):
 
 class ResultsExistError(UserError):
     """The output directory already holds results and neither overwrite nor resume was asked."""
+
+
+class ResultsMissingError(UserError):
+    """There are no results where a command expects them (e.g. nothing to resume)."""

@@ -13,20 +13,30 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mtl_search import __version__, storage
 from mtl_search.config import ExperimentSpec, TaskSpec
 from mtl_search.data import PreparedData, prepare
-from mtl_search.grouping import make_strategy
-from mtl_search.leaderboard import best_per_group, format_top, rank_groupings
+from mtl_search.errors import ResultsMissingError
+from mtl_search.grouping import CandidateStrategy, make_strategy
+from mtl_search.leaderboard import (
+    HYPERPARAMETERS,
+    add_estimates,
+    best_per_group,
+    confirm_table,
+    format_top,
+    rank_groupings,
+    selection_csv,
+)
 
 Echo = Callable[[str], None]
 
 
 @dataclass
 class ExperimentResult:
-    """What a finished experiment wrote."""
+    """What a finished experiment wrote (``result_dir``: for a URI output, the local staging copy)."""
 
     result_dir: Path
     trials: pd.DataFrame
@@ -35,10 +45,16 @@ class ExperimentResult:
     wall_s: float
 
 
-def candidate_groups(spec: ExperimentSpec, data: PreparedData) -> list[str]:
+def candidate_strategy(spec: ExperimentSpec) -> CandidateStrategy:
+    """The spec's candidate strategy with its options."""
+    grouping = spec.grouping
+    return make_strategy(grouping.candidates, max_group_size=grouping.max_group_size, top_k=grouping.top_k,
+                         max_groups=grouping.max_groups)
+
+
+def candidate_groups(spec: ExperimentSpec, data: PreparedData, affinity: np.ndarray | None = None) -> list[str]:
     """The groups the search will train, from the spec's candidate strategy."""
-    strategy = make_strategy(spec.grouping.candidates, max_group_size=spec.grouping.max_group_size)
-    return strategy.propose(list(data.tasks))
+    return candidate_strategy(spec).propose(list(data.tasks), affinity)
 
 
 def resolved_spec(spec: ExperimentSpec, data: PreparedData) -> ExperimentSpec:
@@ -47,14 +63,18 @@ def resolved_spec(spec: ExperimentSpec, data: PreparedData) -> ExperimentSpec:
     return spec.model_copy(update={"data": spec.data.model_copy(update={"tasks": tasks})})
 
 
-def write_tables(result_dir: Path, trials: pd.DataFrame, data: PreparedData,
-                 groups: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Write ``groups.csv`` and ``leaderboard.csv`` from the trials table."""
+def write_tables(result_dir: Path, trials: pd.DataFrame, data: PreparedData, groups: list[str],
+                 spec: ExperimentSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write ``groups.csv`` (trained and estimated groups), ``leaderboard.csv`` and ``selection.csv``."""
     task_types = {name: task.type for name, task in data.tasks.items()}
+    strategy = candidate_strategy(spec)
     by_group = best_per_group(trials, task_types, groups)
-    board = rank_groupings(by_group, task_types)
+    by_group = add_estimates(by_group, task_types, lambda trained: strategy.estimate(list(task_types), trained))
+    board = rank_groupings(by_group, task_types, max_groups=spec.grouping.max_groups, cost=spec.grouping.cost)
     storage.atomic_write_csv(result_dir / storage.GROUPS_FILE, by_group)
     storage.atomic_write_csv(result_dir / storage.LEADERBOARD_FILE, board)
+    storage.atomic_write_csv(result_dir / storage.SELECTION_FILE, selection_csv(by_group, task_types,
+                                                                                  cost=spec.grouping.cost))
     return by_group, board
 
 
@@ -62,11 +82,21 @@ def run_experiment(
     spec: ExperimentSpec,
     *,
     overwrite: bool = False,
+    resume: bool = False,
     address: str | None = None,
     verbose: bool = False,
     echo: Echo = print,
 ) -> ExperimentResult:
     """Run the whole experiment a spec describes and write its result directory.
+
+    Args:
+        spec: the experiment.
+        overwrite: replace an existing result directory.
+        resume: continue the interrupted search in the existing result directory: finished
+            trials are kept, unfinished ones continue from their last checkpoint.
+        address: the Ray cluster to join (default: ``RAY_ADDRESS``, else a local Ray).
+        verbose: show Ray's own logs.
+        echo: where progress lines go.
 
     Raises:
         UserError: the spec, the data or the result directory is unusable (before any training).
@@ -75,29 +105,115 @@ def run_experiment(
 
     started = time.time()
     data = prepare(spec)
-    groups = candidate_groups(spec, data)
-    num_samples = search.resolve_num_samples(spec, groups)
-    result_dir = storage.prepare_result_dir(spec.result_dir(), overwrite=overwrite)
-    storage.atomic_write_text(result_dir / storage.CONFIG_FILE, resolved_spec(spec, data).to_yaml())
+    strategy = candidate_strategy(spec)
+    if not strategy.needs_affinity:  # check the budget before anything is written
+        search.resolve_num_samples(spec, strategy.propose(list(data.tasks)))
+    if resume:
+        location = storage.results_to_resume(spec)
+    else:
+        # A URI output (s3://, gs://, file://) is written to a local staging folder and published at the end.
+        location = storage.prepare_results(spec, overwrite=overwrite)
+        storage.atomic_write_text(location.path / storage.CONFIG_FILE, resolved_spec(spec, data).to_yaml())
+    result_dir = location.path
     echo(data.summary())
-
     search.connect_ray(address, verbose=verbose)
+    affinity = None
+    if strategy.needs_affinity:
+        if resume and (result_dir / storage.AFFINITY_FILE).exists():
+            affinity = pd.read_csv(result_dir / storage.AFFINITY_FILE, index_col=0).to_numpy(dtype=float)
+        else:
+            affinity = search.measure_affinity(spec, data, echo=echo)
+            write_affinity(result_dir, list(data.tasks), affinity)
+    groups = strategy.propose(list(data.tasks), affinity)
+    num_samples = search.resolve_num_samples(spec, groups)
+
     plan = search.SearchPlan(groups=groups, num_samples=num_samples, gpus_per_worker=search.resolve_gpus(spec))
     echo(f"search: {len(groups)} candidate groups, {num_samples} trials, {spec.search.max_concurrent_trials} at a "
          f"time, executor {spec.search.trial_executor}, {plan.gpus_per_worker:g} GPU per worker")
-    echo(f"results: {result_dir}")
-    trials = search.run_search(spec, data, plan, result_dir, echo=echo, verbose=verbose)
-    by_group, board = write_tables(result_dir, trials, data, groups)
-    wall = time.time() - started
-    _write_run_info(result_dir, spec, plan, trials, wall)
+    echo(f"results: {location}")
+    try:
+        trials = search.run_search(spec, data, plan, result_dir, echo=echo, verbose=verbose, resume=resume)
+        by_group, board = write_tables(result_dir, trials, data, groups, spec)
+        if spec.confirm is not None:
+            confirmed = confirm_groupings(spec, data, board, by_group, trials, confirm_seeds(spec),
+                                          top_k=spec.confirm.top_k, echo=echo)
+            storage.atomic_write_csv(result_dir / storage.CONFIRM_FILE, confirmed)
+        wall = time.time() - started
+        _write_run_info(result_dir, spec, plan, trials, wall)
+    finally:  # after a failure too, so the trials that finished reach shared storage
+        storage.publish_results(location, echo=echo)
 
     failed = int((~trials["status"].isin(("completed", "stopped"))).sum()) if len(trials) else 0
     echo("")
     echo(f"{len(trials)} trials in {wall / 60:.1f} min ({failed} failed); top groupings "
          "(ranked by validation; test_score is held-out):")
     echo(format_top(board))
-    echo(f"\nleaderboard: {result_dir / storage.LEADERBOARD_FILE}")
+    echo(f"\nleaderboard: {storage.join_uri(str(location), storage.LEADERBOARD_FILE)}")
     return ExperimentResult(result_dir, trials, by_group, board, wall)
+
+
+def resume_experiment(result_dir: Path, *, address: str | None = None, verbose: bool = False,
+                      echo: Echo = print) -> ExperimentResult:
+    """Continue the interrupted experiment in ``result_dir`` with its own resolved spec (``config.yaml``).
+
+    Raises:
+        UserError: ``result_dir`` holds no experiment to resume.
+    """
+    from mtl_search.config import load_spec
+
+    result_dir = Path(result_dir).expanduser().resolve()
+    config = result_dir / storage.CONFIG_FILE
+    if not config.is_file():
+        raise ResultsMissingError(f"{result_dir} holds no {storage.CONFIG_FILE}: it is not an mtl_search result "
+                                  "directory; pass the folder `run` wrote, e.g. results/<name>")
+    # The folder may have moved since: its location, not the recorded output, is where to continue.
+    spec = load_spec(config, [f"output={result_dir.parent}", f"name={result_dir.name}"])
+    return run_experiment(spec, resume=True, address=address, verbose=verbose, echo=echo)
+
+
+def confirm_seeds(spec: ExperimentSpec) -> list[int]:
+    """Fresh seeds for confirmation: never the search's own seed."""
+    assert spec.confirm is not None
+    return [spec.seed + 1 + k for k in range(spec.confirm.seeds)]
+
+
+def confirm_groupings(spec: ExperimentSpec, data: PreparedData, board: pd.DataFrame, by_group: pd.DataFrame,
+                      trials: pd.DataFrame, seeds: list[int], *, top_k: int, echo: Echo = print) -> pd.DataFrame:
+    """Retrain the networks of the ``top_k`` groupings with ``seeds`` and tabulate their **test** metrics.
+
+    A trained group is retrained from its best trial's hyperparameters; an estimated
+    group (never trained) from the space's defaults, as a seed trial would be.
+    """
+    from mtl_search import search
+    from mtl_search.grouping import grouping_groups
+
+    top = board.head(top_k)
+    groups = sorted({g for grouping in top["grouping"] for g in grouping_groups(str(grouping))})
+    best = by_group.set_index("group")["best_trial"]
+    by_trial = trials.set_index("trial_id")
+    configs = {}
+    for group in groups:
+        trial = best.get(group)
+        if isinstance(trial, str) and trial in by_trial.index:
+            row = by_trial.loc[trial]
+            configs[group] = {k: row[k] for k in row.index if k in HYPERPARAMETERS or ("." in k and pd.notna(row[k]))}
+            configs[group]["head_sizes"] = "" if pd.isna(configs[group]["head_sizes"]) else configs[group]["head_sizes"]
+        else:
+            configs[group] = search.default_config(spec)
+    jobs = [(group, configs[group], seed) for group in groups for seed in seeds]
+    echo(f"confirm: retraining {len(groups)} networks of the top {len(top)} groupings with seeds {seeds} "
+         f"({len(jobs)} runs)")
+    results = dict(zip([(g, s) for g, _, s in jobs], search.retrain(spec, data, jobs), strict=True))
+    return confirm_table(top, {n: t.type for n, t in data.tasks.items()}, results, seeds)
+
+
+def write_affinity(result_dir: Path, tasks: list[str], affinity: np.ndarray) -> None:
+    """``affinity.csv`` (row = the task whose step is taken, column = the task it affects) and its heatmap."""
+    from mtl_search.report import plot_affinity
+
+    frame = pd.DataFrame(affinity, index=pd.Index(tasks, name="source"), columns=tasks)
+    storage.atomic_write_text(result_dir / storage.AFFINITY_FILE, frame.to_csv())
+    plot_affinity(frame, result_dir / storage.PLOTS_DIR / "affinity.png")
 
 
 def _write_run_info(result_dir: Path, spec: ExperimentSpec, plan: object, trials: pd.DataFrame,

@@ -7,10 +7,13 @@ all tasks into groups, written as its group ids sorted and joined by ``|``.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import ClassVar
+
+import numpy as np
 
 GROUP_SEP = "+"
 GROUPING_SEP = "|"
@@ -41,24 +44,50 @@ def grouping_groups(grouping: str) -> tuple[str, ...]:
 
 # --------------------------------------------------------------------------- candidates
 
+#: Per-task values of groups: group id -> task -> value (e.g. normalised validation loss).
+TaskValues = Mapping[str, Mapping[str, float]]
+
 
 class CandidateStrategy(ABC):
-    """Proposes which groups of tasks the search trains.
+    """Proposes which groups of tasks the search trains, and may estimate the rest.
 
     Args:
         max_group_size: largest group to propose (``None``: no limit).
+        top_k: for strategies that pick whole groupings, how many to take.
+        max_groups: for strategies that pick whole groupings, the most groups one may have.
     """
 
     name: ClassVar[str]
+    #: Whether :meth:`propose` needs the inter-task affinity matrix (one all-task measuring run first).
+    needs_affinity: ClassVar[bool] = False
 
-    def __init__(self, *, max_group_size: int | None = None) -> None:
+    def __init__(self, *, max_group_size: int | None = None, top_k: int = 3, max_groups: int | None = None) -> None:
         if max_group_size is not None and max_group_size < 1:
             raise ValueError(f"max_group_size must be >= 1, but got {max_group_size=}.")
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, but got {top_k=}.")
+        if max_groups is not None and max_groups < 1:
+            raise ValueError(f"max_groups must be >= 1, but got {max_groups=}.")
         self.max_group_size = max_group_size
+        self.top_k = top_k
+        self.max_groups = max_groups
+
+    def _largest(self, tasks: Sequence[str]) -> int:
+        return len(tasks) if self.max_group_size is None else min(self.max_group_size, len(tasks))
 
     @abstractmethod
-    def propose(self, tasks: Sequence[str]) -> list[str]:
-        """Group ids to train, singletons first, in a stable order."""
+    def propose(self, tasks: Sequence[str], affinity: np.ndarray | None = None) -> list[str]:
+        """Group ids to train, singletons first, in a stable order.
+
+        Args:
+            tasks: the task names.
+            affinity: ``affinity[i, j]`` = how much a step on task i's loss lowers task j's loss
+                (only for strategies with ``needs_affinity``).
+        """
+
+    def estimate(self, tasks: Sequence[str], trained: TaskValues) -> dict[str, dict[str, float]]:
+        """Per-task values of groups that were not trained, estimated from trained ones (default: none)."""
+        return {}
 
 
 class Exhaustive(CandidateStrategy):
@@ -66,17 +95,74 @@ class Exhaustive(CandidateStrategy):
 
     name = "exhaustive"
 
-    def propose(self, tasks: Sequence[str]) -> list[str]:
-        largest = len(tasks) if self.max_group_size is None else min(self.max_group_size, len(tasks))
-        return [
-            group_id(combo)
-            for size in range(1, largest + 1)
-            for combo in itertools.combinations(tasks, size)
-        ]
+    def propose(self, tasks: Sequence[str], affinity: np.ndarray | None = None) -> list[str]:
+        return [group_id(combo) for size in range(1, self._largest(tasks) + 1)
+                for combo in itertools.combinations(tasks, size)]
+
+
+class Pairs(CandidateStrategy):
+    """Singletons, all pairs and the all-task group; larger groups estimated from pairs.
+
+    The loss of task t inside an untrained group G is estimated as the mean of its
+    losses over the pairs inside G that contain it, ``mean_{u in G, u != t} L(t | {t, u})``:
+    the higher-order approximation of Standley et al. 2020, "Which Tasks Should Be
+    Learned Together in Multi-task Learning?". Estimated groups are flagged wherever
+    they appear.
+    """
+
+    name = "pairs"
+
+    def propose(self, tasks: Sequence[str], affinity: np.ndarray | None = None) -> list[str]:
+        groups = [group_id([t]) for t in tasks]
+        if self._largest(tasks) >= 2:
+            groups += [group_id(pair) for pair in itertools.combinations(tasks, 2)]
+        if len(tasks) > 2 and self._largest(tasks) == len(tasks):
+            groups.append(group_id(tasks))
+        return groups
+
+    def estimate(self, tasks: Sequence[str], trained: TaskValues) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for size in range(3, self._largest(tasks) + 1):
+            for combo in itertools.combinations(tasks, size):
+                group = group_id(combo)
+                if group in trained:
+                    continue
+                pairs = [trained.get(group_id([t, u])) for t, u in itertools.combinations(combo, 2)]
+                if any(pair is None for pair in pairs):
+                    continue  # a pair failed: nothing honest to estimate from
+                out[group] = {t: float(np.mean([trained[group_id([t, u])][t] for u in combo if u != t]))
+                              for t in combo}
+        return out
+
+
+class Affinity(CandidateStrategy):
+    """Groups of the ``top_k`` groupings with the highest inter-task affinity, plus singletons.
+
+    Affinity is measured in one all-task training run by lookahead (Fifty et al. 2021,
+    "Efficiently Identifying Task Groupings for Multi-Task Learning"):
+    ``Z(i->j) = 1 - L_j(theta after one step on task i's loss) / L_j(theta)``, averaged
+    over training (see :mod:`mtl_search.affinity`). A grouping's affinity is the mean
+    over tasks of the mean affinity onto the task from its group-mates (0 for a
+    task alone), so groupings that keep mutually helpful tasks together score high.
+    """
+
+    name = "affinity"
+    needs_affinity = True
+
+    def propose(self, tasks: Sequence[str], affinity: np.ndarray | None = None) -> list[str]:
+        if affinity is None:
+            raise ValueError("the affinity strategy needs the measured affinity matrix")
+        ranked = top_affinity_groupings(tasks, affinity, self.top_k, max_group_size=self.max_group_size,
+                                        max_groups=self.max_groups)
+        singles = [group_id([t]) for t in tasks]
+        chosen = {g for _, partition in ranked for g in partition} - set(singles)
+        return singles + sorted(chosen, key=lambda g: (len(group_tasks(g)), g))
 
 
 CANDIDATE_STRATEGIES: dict[str, type[CandidateStrategy]] = {
     Exhaustive.name: Exhaustive,
+    Pairs.name: Pairs,
+    Affinity.name: Affinity,
 }
 
 
@@ -89,6 +175,30 @@ def make_strategy(name: str, **options: object) -> CandidateStrategy:
             f"unknown candidate strategy {name!r}; valid: {', '.join(sorted(CANDIDATE_STRATEGIES))}"
         ) from None
     return cls(**options)  # type: ignore[arg-type]
+
+
+def affinity_onto(tasks: Sequence[str], affinity: np.ndarray, group: str) -> dict[str, float]:
+    """For each task of ``group``: the mean affinity onto it from its group-mates (0 alone)."""
+    index = {t: i for i, t in enumerate(tasks)}
+    members = group_tasks(group)
+    if len(members) == 1:
+        return {members[0]: 0.0}
+    # An unmeasured pair (NaN) counts as no affinity rather than poisoning the whole grouping's score.
+    return {t: float(np.nan_to_num(np.nanmean([affinity[index[u], index[t]] for u in members if u != t])))
+            for t in members}
+
+
+def top_affinity_groupings(
+    tasks: Sequence[str], affinity: np.ndarray, k: int, *, max_group_size: int | None = None,
+    max_groups: int | None = None,
+) -> list[tuple[float, tuple[str, ...]]]:
+    """The ``k`` groupings with the highest mean affinity onto each task, best first."""
+    largest = len(tasks) if max_group_size is None else min(max_group_size, len(tasks))
+    groups = [group_id(c) for size in range(1, largest + 1) for c in itertools.combinations(tasks, size)]
+    # best_partitions minimises, so the cost of a task is minus its affinity.
+    costs = {g: {t: -v for t, v in affinity_onto(tasks, affinity, g).items()} for g in groups}
+    return [(-cost / len(tasks), partition)
+            for cost, partition in best_partitions(tasks, costs, k, max_groups=max_groups)]
 
 
 # --------------------------------------------------------------------------- partitions
@@ -121,6 +231,68 @@ def enumerate_partitions(tasks: Sequence[str], groups: Iterable[str]) -> Iterato
                 chosen.pop()
 
     yield from extend(frozenset(tasks), [])
+
+
+def best_partitions(
+    tasks: Sequence[str], costs: TaskValues, n: int, *, max_groups: int | None = None,
+) -> list[tuple[float, tuple[str, ...]]]:
+    """The ``n`` partitions of ``tasks`` with the lowest total cost, exactly, best first.
+
+    A partition's cost is the sum over tasks of the task's cost in its group,
+    ``costs[group][task]``; only groups in ``costs`` may be used. Branch and bound:
+    groups are added for the earliest unassigned task, cheapest first, and a branch
+    is cut when its cost so far plus each remaining task's cheapest possible cost
+    (a lower bound on any completion) cannot beat the n-th best partition found.
+    Ties break on the canonical grouping id, so the result is deterministic.
+
+    Args:
+        tasks: the tasks to partition.
+        costs: group id -> task -> cost of the task in that group.
+        n: how many partitions to return (fewer if fewer exist).
+        max_groups: the most groups a partition may have (``None``: no limit).
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, but got {n=}.")
+    order = {task: i for i, task in enumerate(tasks)}
+    by_first: dict[str, list[tuple[float, frozenset[str], str]]] = {task: [] for task in tasks}
+    for group, per_task in costs.items():
+        members = frozenset(group_tasks(group))
+        if not members <= order.keys():
+            continue
+        first = min(members, key=order.__getitem__)
+        by_first[first].append((float(sum(per_task[t] for t in members)), members, group))
+    for options in by_first.values():
+        options.sort(key=lambda option: (option[0], option[2]))
+    # The cheapest a task can possibly cost, over every usable group that holds it.
+    floor = {task: min((costs[g][task] for g in costs if task in group_tasks(g) and
+                        set(group_tasks(g)) <= order.keys()), default=np.inf) for task in tasks}
+
+    best: list[tuple[float, str, tuple[str, ...]]] = []  # sorted (cost, grouping id, partition), at most n
+
+    def worst() -> float:
+        return best[-1][0] if len(best) == n else np.inf
+
+    def extend(remaining: frozenset[str], chosen: list[str], cost: float) -> None:
+        if not remaining:
+            partition = tuple(sorted(chosen))
+            bisect.insort(best, (cost, grouping_id(partition), partition))
+            del best[n:]
+            return
+        if max_groups is not None and len(chosen) >= max_groups:
+            return
+        first = min(remaining, key=order.__getitem__)
+        for group_cost, members, group in by_first[first]:
+            if not members <= remaining:
+                continue
+            rest = remaining - members
+            if cost + group_cost + sum(floor[t] for t in rest) > worst():
+                continue
+            chosen.append(group)
+            extend(rest, chosen, cost + group_cost)
+            chosen.pop()
+
+    extend(frozenset(tasks), [], 0.0)
+    return [(cost, partition) for cost, _, partition in best]
 
 
 def bell_number(n: int) -> int:

@@ -14,13 +14,13 @@ Pure pandas: no Ray, no torch.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mtl_search.grouping import enumerate_partitions, group_tasks, grouping_id
+from mtl_search.grouping import best_partitions, group_id, group_tasks, grouping_groups, grouping_id
 from mtl_search.metrics import PRIMARY_METRIC
 
 HYPERPARAMETERS = ("depth", "sharing_depth", "width", "head_sizes", "weighting", "lr", "weight_decay",
@@ -28,6 +28,9 @@ HYPERPARAMETERS = ("depth", "sharing_depth", "width", "head_sizes", "weighting",
 TRIAL_COLUMNS = ("trial_id", "group", "n_tasks", "status", "reason", *HYPERPARAMETERS, "epochs_run",
                  "best_epoch", "score", "test_score", "params", "threads", "wall_s", "train_loop_s", "overhead_s")
 OK_STATUSES = ("completed", "stopped")
+INFERENCE_COSTS = ("networks", "params")
+#: The most groupings ``leaderboard.csv`` lists (all of them up to 7 tasks: Bell(7) = 877).
+LEADERBOARD_LIMIT = 1000
 
 
 def trial_row(
@@ -60,6 +63,9 @@ def trial_row(
     row.update(status=status, reason=reason)
     for name in HYPERPARAMETERS:
         row[name] = config.get(name)
+    for key, value in config.items():  # the chosen weighting scheme's own: <scheme>.<param>
+        if "." in key:
+            row[key] = value
     if "sharing_depth" in result:  # the layers actually shared (clipped to depth)
         row["sharing_depth"] = result["sharing_depth"]
     wall = result.get("wall_s", math.nan)
@@ -107,7 +113,8 @@ def best_per_group(trials: pd.DataFrame, task_types: Mapping[str, str], groups: 
     for group in groups:
         own = trials[trials["group"] == group] if not trials.empty else trials
         ok = own[own["status"].isin(OK_STATUSES) & np.isfinite(own["score"].astype(float))] if len(own) else own
-        row: dict[str, Any] = {"group": group, "n_tasks": len(group_tasks(group)), "trials": len(own),
+        row: dict[str, Any] = {"group": group, "n_tasks": len(group_tasks(group)), "estimated": False,
+                               "trials": len(own),
                                "trials_failed": int((~own["status"].isin(OK_STATUSES)).sum()) if len(own) else 0}
         if len(ok):
             best = ok.loc[ok["score"].astype(float).idxmin()]
@@ -125,50 +132,100 @@ def best_per_group(trials: pd.DataFrame, task_types: Mapping[str, str], groups: 
     return pd.DataFrame(rows)
 
 
-def rank_groupings(groups: pd.DataFrame, task_types: Mapping[str, str]) -> pd.DataFrame:
-    """``leaderboard.csv``: every partition of the tasks into scored groups, ranked.
+def task_values(groups: pd.DataFrame, column: Callable[[str], str]) -> dict[str, dict[str, float]]:
+    """Scored groups' per-task values: group -> task -> ``groups[column(task)]``."""
+    scored = groups[np.isfinite(groups["valid_score"].astype(float))]
+    return {str(row["group"]): {t: float(row[column(t)]) for t in group_tasks(str(row["group"]))}
+            for _, row in scored.iterrows()}
+
+
+def add_estimates(groups: pd.DataFrame, task_types: Mapping[str, str],
+                  estimate: Callable[[dict[str, dict[str, float]]], dict[str, dict[str, float]]]) -> pd.DataFrame:
+    """Append rows for untrained groups whose per-task values a strategy estimates from trained ones.
+
+    ``estimate`` maps trained per-task values to estimated ones (e.g. the pairs
+    strategy's higher-order approximation); it is applied to each reported value:
+    validation and test normalised loss and the test headline metric.
+    """
+    primary = _primary(task_types)
+    columns = {"valid_nloss": lambda t: f"valid_{t}_nloss", "test_nloss": lambda t: f"test_{t}_nloss",
+               "test_metric": lambda t: f"test_{t}_{primary[t]}"}
+    estimates = {name: estimate(task_values(groups, column)) for name, column in columns.items()}
+    rows = []
+    for group, valid in estimates["valid_nloss"].items():
+        row: dict[str, Any] = {"group": group, "n_tasks": len(valid), "estimated": True, "trials": 0,
+                               "trials_failed": 0, "best_trial": None,
+                               "valid_score": float(np.mean(list(valid.values()))),
+                               "test_score": float(np.mean(list(estimates["test_nloss"][group].values()))),
+                               "params": math.nan}
+        for task in valid:
+            row[f"valid_{task}_nloss"] = valid[task]
+            row[f"test_{task}_nloss"] = estimates["test_nloss"][group][task]
+            row[f"test_{task}_{primary[task]}"] = estimates["test_metric"][group][task]
+        rows.append(row)
+    return pd.concat([groups, pd.DataFrame(rows)], ignore_index=True) if rows else groups
+
+
+def rank_groupings(
+    groups: pd.DataFrame,
+    task_types: Mapping[str, str],
+    *,
+    max_groups: int | None = None,
+    cost: str = "networks",
+    limit: int = LEADERBOARD_LIMIT,
+) -> pd.DataFrame:
+    """``leaderboard.csv``: the best partitions of the tasks into scored groups, ranked.
 
     ``valid_score`` (the rank) and ``score`` are the mean normalised loss over all
     tasks, each task scored by its group's network, on validation and test.
     ``delta_vs_single_task_pct`` compares ``score`` with the all-singletons grouping.
+    Partitions are found exactly by :func:`~mtl_search.grouping.best_partitions`:
+    all of them when there are at most ``limit``, else the best ``limit``.
+
+    Args:
+        groups: ``groups.csv`` rows (trained and estimated).
+        task_types: task -> type, in spec order.
+        max_groups: rank only groupings of at most this many networks.
+        cost: ``networks`` (inference cost = networks) or ``params`` (= their parameters).
+        limit: the most rows.
     """
+    if cost not in INFERENCE_COSTS:
+        raise ValueError(f"unknown cost {cost!r}; valid: {', '.join(INFERENCE_COSTS)}")
     tasks = list(task_types)
     primary = _primary(task_types)
-    scored = groups[np.isfinite(groups["valid_score"].astype(float))].set_index("group")
-    per_task: dict[str, dict[str, dict[str, float]]] = {}
-    for group, best in scored.iterrows():
-        per_task[str(group)] = {
-            task: {
-                "valid": float(best[f"valid_{task}_nloss"]),
-                "test": float(best[f"test_{task}_nloss"]),
-                "metric": float(best[f"test_{task}_{primary[task]}"]),
-            }
-            for task in group_tasks(str(group))
-        }
-    rows = []
-    for partition in enumerate_partitions(tasks, per_task):
-        row: dict[str, Any] = {"grouping": grouping_id(partition), "n_groups": len(partition)}
-        valid, test = [], []
-        for group in partition:
-            for task, values in per_task[group].items():
-                valid.append(values["valid"])
-                test.append(values["test"])
-                row[f"test_{task}_{primary[task]}"] = values["metric"]
-        row["valid_score"] = float(np.mean(valid))
-        row["score"] = float(np.mean(test))
-        row["params"] = int(sum(scored.loc[g, "params"] for g in partition))
-        rows.append(row)
     columns = ["rank", "grouping", "n_groups", "valid_score", "score", "delta_vs_single_task_pct",
-               *[f"test_{t}_{primary[t]}" for t in tasks], "params"]
-    if not rows:
+               *[f"test_{t}_{primary[t]}" for t in tasks], "params", "inference_cost", "estimated"]
+    valid = task_values(groups, lambda t: f"valid_{t}_nloss")
+    if not valid:
         return pd.DataFrame(columns=columns)
-    board = pd.DataFrame(rows).sort_values(["valid_score", "n_groups", "grouping"], kind="stable")
-    singles = grouping_id(tasks)
-    single_score = board.loc[board["grouping"] == singles, "score"]
-    baseline = float(single_score.iloc[0]) if len(single_score) else math.nan
+    test = task_values(groups, lambda t: f"test_{t}_nloss")
+    metric = task_values(groups, lambda t: f"test_{t}_{primary[t]}")
+    info = groups.drop_duplicates("group").set_index("group")
+
+    def row_of(partition: tuple[str, ...]) -> dict[str, Any]:
+        params = float(sum(info.loc[g, "params"] for g in partition))
+        row: dict[str, Any] = {
+            "grouping": grouping_id(partition), "n_groups": len(partition),
+            "valid_score": float(np.mean([v for g in partition for v in valid[g].values()])),
+            "score": float(np.mean([v for g in partition for v in test[g].values()])),
+            "params": params,
+            "inference_cost": float(len(partition)) if cost == "networks" else params,
+            "estimated": bool(any(info.loc[g, "estimated"] for g in partition)),
+        }
+        for group in partition:
+            for task, value in metric[group].items():
+                row[f"test_{task}_{primary[task]}"] = value
+        return row
+
+    ranked = best_partitions(tasks, valid, limit, max_groups=max_groups)
+    if not ranked:
+        return pd.DataFrame(columns=columns)
+    board = pd.DataFrame([row_of(partition) for _, partition in ranked])
+    singles = tuple(group_id([t]) for t in tasks)
+    baseline = row_of(singles)["score"] if all(g in valid for g in singles) else math.nan
     board["delta_vs_single_task_pct"] = 100.0 * (board["score"] - baseline) / baseline
     board.insert(0, "rank", np.arange(1, len(board) + 1))
-    return board[columns].reset_index(drop=True)
+    return board[columns]
 
 
 def format_top(board: pd.DataFrame, n: int = 5) -> str:
@@ -179,3 +236,79 @@ def format_top(board: pd.DataFrame, n: int = 5) -> str:
                            "params"]].copy()
     shown = shown.rename(columns={"score": "test_score", "delta_vs_single_task_pct": "vs_single_%"})
     return shown.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+
+
+def confirm_table(
+    board: pd.DataFrame,
+    task_types: Mapping[str, str],
+    results: Mapping[tuple[str, int], Mapping[str, Any]],
+    seeds: Sequence[int],
+) -> pd.DataFrame:
+    """``confirm.csv``: test metrics of retrained groupings, mean and std over seeds.
+
+    One row per (grouping, task) with the headline metric and the normalised
+    test loss, and one row per grouping with ``task = all``: its mean normalised
+    test loss (the leaderboard's ``score``) over the retrained networks.
+
+    Args:
+        board: the leaderboard rows to confirm (their ``rank`` and ``grouping``).
+        task_types: task -> type.
+        results: (group, seed) -> the retrained network's reported metrics.
+        seeds: the seeds every group was retrained with.
+    """
+    primary = _primary(task_types)
+    rows = []
+    for _, entry in board.iterrows():
+        partition = grouping_groups(str(entry["grouping"]))
+        per_seed_score = []
+        for seed in seeds:
+            values = [results[(g, seed)][f"test/{t}/nloss"] for g in partition for t in group_tasks(g)]
+            per_seed_score.append(float(np.mean(values)))
+        for group in partition:
+            for task in group_tasks(group):
+                metric = [results[(group, seed)][f"test/{task}/{primary[task]}"] for seed in seeds]
+                nloss = [results[(group, seed)][f"test/{task}/nloss"] for seed in seeds]
+                rows.append({"rank": entry["rank"], "grouping": entry["grouping"], "task": task, "group": group,
+                             "metric": primary[task], "metric_mean": np.mean(metric), "metric_std": _std(metric),
+                             "nloss_mean": np.mean(nloss), "nloss_std": _std(nloss), "seeds": len(seeds)})
+        rows.append({"rank": entry["rank"], "grouping": entry["grouping"], "task": "all", "group": "",
+                     "metric": "score", "metric_mean": np.mean(per_seed_score), "metric_std": _std(per_seed_score),
+                     "nloss_mean": np.mean(per_seed_score), "nloss_std": _std(per_seed_score), "seeds": len(seeds)})
+    return pd.DataFrame(rows)
+
+
+def _std(values: Sequence[float]) -> float:
+    """Sample standard deviation (0 for a single value)."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def selection_csv(groups: pd.DataFrame, task_types: Mapping[str, str], *, cost: str = "networks") -> pd.DataFrame:
+    """``selection.csv``: the best set of trained networks per inference budget (Standley et al. 2020).
+
+    Networks may overlap; each task is served by its best chosen network. The set
+    is chosen exactly on the **validation** normalised losses (``total_loss``, summed
+    over tasks) for budgets 1, 1.5, ..., T; ``test_total_loss`` is the same set's sum
+    on the test split. A network costs 1 (``cost: networks``) or its parameters in
+    units of the mean single-task network (``cost: params``), so budgets read alike.
+    """
+    from mtl_search.selection import Network, budgets_for, selection_table
+
+    tasks = list(task_types)
+    trained = groups[~groups["estimated"].astype(bool) & np.isfinite(groups["valid_score"].astype(float))]
+    singles = trained[trained["n_tasks"] == 1]["params"].astype(float)
+    unit = float(singles.mean()) if cost == "params" and len(singles) else 1.0
+    networks = [
+        Network(name=str(row["group"]), group=str(row["group"]),
+                cost=float(row["params"]) / unit if cost == "params" else 1.0,
+                losses={t: float(row[f"valid_{t}_nloss"]) for t in group_tasks(str(row["group"]))})
+        for _, row in trained.iterrows()
+    ]
+    if not networks:
+        return pd.DataFrame()
+    table = selection_table(networks, tasks, budgets_for(len(tasks)))
+    test = {str(row["group"]): row for _, row in trained.iterrows()}
+    table["test_total_loss"] = [
+        float(sum(test[row[f"{t}_network"]][f"test_{t}_nloss"] for t in tasks)) if row["feasible"] else math.nan
+        for _, row in table.iterrows()
+    ]
+    return table

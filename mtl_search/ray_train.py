@@ -20,14 +20,17 @@ receives a reference, not a copy.
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
 
 #: The run-wide settings every trial function receives as ``system``:
-#: seed, workers, cpus_per_worker, gpus_per_worker, train_storage.
+#: seed, workers, cpus_per_worker, gpus_per_worker, train_storage, checkpoint_every.
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,9 @@ def _threads(cpus: float) -> int:
     return max(1, math.floor(cpus))
 
 
+STATE_FILE = "state.pt"
+
+
 def _fit_from_config(config: dict[str, Any], data: Any, device: Any, report: Any, distributed: Any = None,
                      initial_state: Any = None) -> None:
     """Train the trial's group; ``config`` holds the hyperparameters and the system settings."""
@@ -54,8 +60,44 @@ def _fit_from_config(config: dict[str, Any], data: Any, device: Any, report: Any
 
     # Each trial owns `cpus_per_worker` cores: more threads would oversubscribe concurrent trials.
     torch.set_num_threads(_threads(config["cpus_per_worker"]))
+    _maybe_fail(config)
     fit(data, group_tasks(config["group"]), TrialParams.from_config(config), device=device, seed=config["seed"],
         report=report, distributed=distributed, initial_state=initial_state)
+
+
+def _maybe_fail(config: dict[str, Any]) -> None:
+    """Test hook: raise in trials of the groups named in ``MTL_SEARCH_FAIL_GROUPS`` (comma-separated).
+
+    The reliability tests use it to check that one failing trial does not stop a
+    search; it is off unless that variable is set in the Ray workers' environment.
+    """
+    failing = os.environ.get("MTL_SEARCH_FAIL_GROUPS", "")
+    if config["group"] in [g.strip() for g in failing.split(",") if g.strip()]:
+        raise RuntimeError(f"injected failure for group {config['group']} (MTL_SEARCH_FAIL_GROUPS)")
+
+
+def _wants_checkpoint(config: dict[str, Any], metrics: dict[str, Any]) -> bool:
+    every = int(config.get("checkpoint_every", 1))
+    return every > 0 and (metrics["epoch"] % every == 0 or metrics.get("status") != "running")
+
+
+def _report_with_checkpoint(send: Any, checkpoint_class: Any, metrics: dict[str, Any], state: Any) -> None:
+    """Report ``metrics`` with the training state saved as a checkpoint (a temporary folder Ray copies)."""
+    import torch
+
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save(state(), Path(folder) / STATE_FILE)
+        send(metrics, checkpoint=checkpoint_class.from_directory(folder))
+
+
+def _state_from(checkpoint: Any) -> Any:
+    """The training state in a checkpoint (None when there is none)."""
+    import torch
+
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return torch.load(Path(folder) / STATE_FILE, weights_only=False)
 
 
 def worker_loop(config: dict[str, Any]) -> None:
@@ -67,17 +109,25 @@ def worker_loop(config: dict[str, Any]) -> None:
 
     context = ray.train.get_context()
     world_size = context.get_world_size()
+    rank = context.get_world_rank()
     distributed = Distributed(
-        rank=context.get_world_rank(),
+        rank=rank,
         world_size=world_size,
         wrap_model=ray.train.torch.prepare_model if world_size > 1 else None,
     )
     started = config["trial_started"]
 
     def report(metrics: dict[str, Any], state: Any) -> None:
-        ray.train.report({**metrics, "wall_s": time.time() - started})
+        metrics = {**metrics, "wall_s": time.time() - started}
+        if rank == 0 and _wants_checkpoint(config, metrics):
+            _report_with_checkpoint(ray.train.report, ray.train.Checkpoint, metrics, state)
+        else:
+            ray.train.report(metrics)
 
-    _fit_from_config(config, config["data"].get(), ray.train.torch.get_device(), report, distributed)
+    # A retried or restored trial's Train run has the same name, so it finds its own last checkpoint.
+    initial_state = _state_from(ray.train.get_checkpoint())
+    _fit_from_config(config, config["data"].get(), ray.train.torch.get_device(), report, distributed,
+                     initial_state)
 
 
 def train_trial(config: dict[str, Any], data: DataRef, system: dict[str, Any]) -> None:
@@ -104,6 +154,7 @@ def train_trial(config: dict[str, Any], data: DataRef, system: dict[str, Any]) -
             name=f"train-{trial_id}",
             storage_path=config["train_storage"],
             callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
         ),
     )
     trainer.fit()
@@ -119,9 +170,40 @@ def inline_trial(config: dict[str, Any], data: DataRef, system: dict[str, Any]) 
     use_gpu = float(config["gpus_per_worker"]) > 0 and torch.cuda.is_available()
 
     def report(metrics: dict[str, Any], state: Any) -> None:
-        ray.tune.report({**metrics, "wall_s": time.time() - started})
+        metrics = {**metrics, "wall_s": time.time() - started}
+        if _wants_checkpoint(config, metrics):
+            _report_with_checkpoint(ray.tune.report, ray.tune.Checkpoint, metrics, state)
+        else:
+            ray.tune.report(metrics)
 
-    _fit_from_config(config, data.get(), "cuda" if use_gpu else "cpu", report)
+    _fit_from_config(config, data.get(), "cuda" if use_gpu else "cpu", report,
+                     initial_state=_state_from(ray.tune.get_checkpoint()))
+
+
+def affinity_task(data: DataRef, tasks: list[str], params: Any, seed: int, every: int, cpus: float,
+                  use_gpu: bool) -> Any:
+    """Ray task body: the all-task affinity measurement, with a trial's threads and device."""
+    import torch
+
+    from mtl_search.affinity import measure_affinity
+
+    torch.set_num_threads(_threads(cpus))
+    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    return measure_affinity(data.get(), tasks, params, device=device, seed=seed, every=every)
+
+
+def confirm_task(data: DataRef, group: str, config: dict[str, Any], seed: int, cpus: float,
+                 use_gpu: bool) -> dict[str, Any]:
+    """Ray task body: retrain one group's network with ``seed``; returns the metrics at its best epoch."""
+    import torch
+
+    from mtl_search.grouping import group_tasks
+    from mtl_search.train import TrialParams, fit
+
+    torch.set_num_threads(_threads(cpus))
+    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    result = fit(data.get(), group_tasks(group), TrialParams.from_config(config), device=device, seed=seed)
+    return {"status": result.status, **result.metrics}
 
 
 def trial_resources(executor: str, *, cpus_per_worker: float, gpus_per_worker: float) -> dict[str, float]:

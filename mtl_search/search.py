@@ -5,6 +5,8 @@ The group is a categorical hyperparameter (its string id). Every candidate
 group is seeded with one trial through ``points_to_evaluate`` (those run
 first); Optuna's TPE proposes the rest. A group of one task has nothing to
 share or weigh, so for it ``sharing_depth`` and ``weighting`` are not sampled.
+A weighting scheme's own hyperparameters (``dwa.temperature``,
+``static.weight_<task>``, ...) are sampled only in trials that chose the scheme.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,12 @@ TRAIN_POLL_INTERVAL_S = "0.05"
 log = logging.getLogger(__name__)
 
 
+def _weighting_domains(scheme: str, tasks: Sequence[str], overrides: Mapping[str, Domain]) -> dict[str, Domain]:
+    from mtl_search.weighting import search_domains  # lazy: pulls in torch
+
+    return search_domains(scheme, tasks, overrides)
+
+
 def _suggest(trial: Any, name: str, domain: Domain) -> Any:
     if domain.kind == "choice":
         return trial.suggest_categorical(name, list(domain.values))
@@ -50,38 +58,64 @@ class DefineByRunSpace:
     Called with an Optuna trial, it samples with ``trial.suggest_*`` and returns
     the constants, which ``OptunaSearch`` merges into the trial's config. A
     module-level class (not a closure) so the searcher's state can be pickled.
+
+    Right after the weighting, the chosen scheme's own hyperparameters are
+    sampled (or fixed), under their trial-config keys ``<scheme>.<param>``:
+    conditional parameters, absent from trials of other schemes.
+    ``weighting_params`` holds the spec's overrides of their default domains.
     """
 
     domains: dict[str, Domain]
     groups: tuple[str, ...]
+    weighting_params: Mapping[str, Domain] = field(default_factory=dict)
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         group = trial.suggest_categorical("group", list(self.groups))
-        single = len(group_tasks(group)) == 1
+        tasks = group_tasks(group)
+        single = len(tasks) == 1
         constants: dict[str, Any] = {}
         for name, domain in self.domains.items():
             if single and name in MULTI_TASK_ONLY:
                 continue
             if domain.is_constant:
-                constants[name] = domain.values[0]
+                value = constants[name] = domain.values[0]
             else:
-                _suggest(trial, name, domain)
+                value = _suggest(trial, name, domain)
+            if name == "weighting":
+                for key, scheme_domain in _weighting_domains(value, tasks, self.weighting_params).items():
+                    if scheme_domain.is_constant:
+                        constants[key] = scheme_domain.values[0]
+                    else:
+                        _suggest(trial, key, scheme_domain)
         if single:
             constants["weighting"] = "equal"
             constants["sharing_depth"] = 0  # unused: one task shares its whole trunk with itself
         return constants
 
 
-def seed_points(domains: dict[str, Domain], groups: Sequence[str]) -> list[dict[str, Any]]:
-    """One point per group with every sampled hyperparameter at its domain's default."""
+def seed_points(domains: dict[str, Domain], groups: Sequence[str],
+                weighting_params: Mapping[str, Domain] | None = None) -> list[dict[str, Any]]:
+    """One point per group with every sampled hyperparameter at its domain's default.
+
+    The default scheme's own hyperparameters are included only where that scheme
+    samples them (Optuna ignores enqueued values that a trial never suggests, but
+    a point should say only what the trial uses).
+    """
     points = []
     for group in groups:
-        single = len(group_tasks(group)) == 1
+        tasks = group_tasks(group)
+        single = len(tasks) == 1
         point: dict[str, Any] = {"group": group}
         for name, domain in domains.items():
-            if domain.is_constant or (single and name in MULTI_TASK_ONLY):
+            if single and name in MULTI_TASK_ONLY:
                 continue
-            point[name] = domain.default()
+            value = domain.default()
+            if not domain.is_constant:
+                point[name] = value
+            if name == "weighting":
+                for key, scheme_domain in _weighting_domains(value, tasks, weighting_params or {}).items():
+                    if not scheme_domain.is_constant:
+                        point[key] = scheme_domain.default()
         points.append(point)
     return points
 
@@ -96,7 +130,7 @@ class SearchPlan:
 
 
 def resolve_num_samples(spec: ExperimentSpec, groups: Sequence[str]) -> int:
-    """``search.num_samples``, with ``auto`` meaning twice the candidate groups.
+    """``search.num_samples``: ``auto`` is twice the candidate groups, ``groups`` one trial per group.
 
     Raises:
         SpecError: fewer samples than groups (every group needs a seed trial).
@@ -106,6 +140,8 @@ def resolve_num_samples(spec: ExperimentSpec, groups: Sequence[str]) -> int:
     requested = spec.search.num_samples
     if requested == "auto":
         return 2 * len(groups)
+    if requested == "groups":
+        return len(groups)
     if requested < len(groups):
         raise SpecError(
             f"search.num_samples={requested} is smaller than the {len(groups)} candidate groups, and every "
@@ -121,29 +157,44 @@ def resolve_num_samples(spec: ExperimentSpec, groups: Sequence[str]) -> int:
 class TrialRecorder(Callback):
     """Keeps every trial's last result and rewrites ``trials.csv`` whenever a trial ends.
 
-    A crash therefore leaves every finished trial on disk. ASHA-stopped trials
+    A crash therefore leaves every finished trial on disk, and a resumed search
+    (``Tuner.restore``) starts from the rows already there. ASHA-stopped trials
     never return from their function, so the last *reported* result is what counts.
     """
 
-    def __init__(self, path: Path, *, max_epochs: int, on_row: Callable[[dict[str, Any]], None] | None = None):
+    def __init__(self, path: Path, *, max_epochs: int, progress: Progress | None = None):
         self.path = path
         self.max_epochs = max_epochs
-        self.on_row = on_row
+        self.progress = progress
         self.rows: dict[str, dict[str, Any]] = {}
+
+    def setup(self, **info: Any) -> None:
+        self.rows = read_trial_rows(self.path)
+        if self.progress is not None:
+            self.progress.start(already_done=len(self.rows))
 
     def _record(self, trial: Any, error: str | None = None) -> None:
         row = trial_row(trial.trial_id, trial.config, trial.last_result or None,
                         max_epochs=self.max_epochs, error=error)
         self.rows[trial.trial_id] = row
         storage.atomic_write_csv(self.path, trials_frame(self.rows.values()))
-        if self.on_row is not None:
-            self.on_row(row)
+        if self.progress is not None:
+            self.progress(row)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._record(trial)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._record(trial, error=_error_text(trial))
+
+
+def read_trial_rows(path: Path) -> dict[str, dict[str, Any]]:
+    """The rows of an existing ``trials.csv`` by trial id (empty if there is none)."""
+    if not path.exists():
+        return {}
+    frame = pd.read_csv(path, dtype={"trial_id": str, "head_sizes": str, "reason": str},
+                        keep_default_na=True).fillna({"head_sizes": "", "reason": ""})
+    return {str(row["trial_id"]): row for row in frame.to_dict("records")}
 
 
 def _error_text(trial: Any) -> str:
@@ -163,18 +214,22 @@ class Progress:
     def __init__(self, total: int, echo: Callable[[str], None] = print):
         self.total = total
         self.echo = echo
+        self.start()
+
+    def start(self, already_done: int = 0) -> None:
+        """(Re)start the clock; ``already_done`` trials finished in an earlier, interrupted run."""
         self.started = time.time()
-        self.done = 0
-        self.best: dict[str, float] = {}
+        self.done = self.first = already_done
+        if already_done:
+            self.echo(f"resuming: {already_done} of {self.total} trials already finished")
 
     def __call__(self, row: dict[str, Any]) -> None:
         self.done += 1
         elapsed = time.time() - self.started
-        remaining = elapsed / self.done * (self.total - self.done)
+        remaining = elapsed / max(1, self.done - self.first) * (self.total - self.done)
         score = row.get("score")
-        outcome = f"score {score:.4f}" if isinstance(score, float) and score == score else row["status"]
-        if isinstance(score, float) and score == score:
-            self.best[row["group"]] = min(score, self.best.get(row["group"], float("inf")))
+        finite = isinstance(score, float) and score == score
+        outcome = f"score {score:.4f}" if finite else row["status"]
         detail = row["status"] if row["status"] != "completed" else f"{row['epochs_run']} epochs"
         self.echo(
             f"[{self.done:>{len(str(self.total))}}/{self.total}] {row['group']:<30} {outcome:<14} "
@@ -239,6 +294,45 @@ def resolve_gpus(spec: ExperimentSpec) -> float:
     return float(requested)
 
 
+def default_config(spec: ExperimentSpec) -> dict[str, Any]:
+    """Every hyperparameter at its domain's default (what a group's seed trial uses)."""
+    return {name: domain.default() for name, domain in spec.space.domains().items() if isinstance(domain, Domain)}
+
+
+def measure_affinity(spec: ExperimentSpec, data: PreparedData, *, echo: Callable[[str], None] = print) -> Any:
+    """Run the all-task affinity measurement as a Ray task holding one trial's resources."""
+    import ray
+
+    from mtl_search.ray_train import DataRef, affinity_task
+    from mtl_search.train import TrialParams
+
+    epochs = spec.grouping.affinity.epochs or spec.space.max_epochs
+    params = TrialParams.from_config({**default_config(spec), "weighting": "equal", "epochs": epochs})
+    gpus = resolve_gpus(spec)
+    echo(f"affinity: one all-task network ({params.depth} x {params.width}, every layer shared), {epochs} epochs, "
+         f"lookahead every {spec.grouping.affinity.every} step(s)")
+    started = time.time()
+    task = ray.remote(affinity_task).options(num_cpus=spec.resources.cpus_per_worker, num_gpus=gpus)
+    affinity = ray.get(task.remote(DataRef(ray.put(data)), list(data.tasks), params, spec.seed,
+                                   spec.grouping.affinity.every, spec.resources.cpus_per_worker, gpus > 0))
+    echo(f"affinity: measured in {time.time() - started:.1f} s")
+    return affinity
+
+
+def retrain(spec: ExperimentSpec, data: PreparedData, jobs: Sequence[tuple[str, dict[str, Any], int]],
+            ) -> list[dict[str, Any]]:
+    """Retrain (group, config, seed) jobs as Ray tasks holding one trial's resources each; their metrics."""
+    import ray
+
+    from mtl_search.ray_train import DataRef, confirm_task
+
+    gpus = resolve_gpus(spec)
+    task = ray.remote(confirm_task).options(num_cpus=spec.resources.cpus_per_worker, num_gpus=gpus)
+    data_ref = DataRef(ray.put(data))
+    return ray.get([task.remote(data_ref, group, config, seed, spec.resources.cpus_per_worker, gpus > 0)
+                    for group, config, seed in jobs])
+
+
 def run_search(
     spec: ExperimentSpec,
     data: PreparedData,
@@ -247,8 +341,12 @@ def run_search(
     *,
     echo: Callable[[str], None] = print,
     verbose: bool = False,
+    resume: bool = False,
 ) -> pd.DataFrame:
-    """Run the Tune + Optuna search and return the trials table (also written to ``trials.csv``)."""
+    """Run the Tune + Optuna search and return the trials table (also written to ``trials.csv``).
+
+    With ``resume``, an interrupted search in ``result_dir`` continues where it stopped.
+    """
     import ray
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
@@ -260,10 +358,10 @@ def run_search(
     domains = spec.space.domains()
     max_epochs = spec.space.max_epochs
     searcher = OptunaSearch(
-        space=DefineByRunSpace(domains, tuple(plan.groups)),
+        space=DefineByRunSpace(domains, tuple(plan.groups), spec.space.weighting_params),
         metric="score",
         mode="min",
-        points_to_evaluate=seed_points(domains, plan.groups),
+        points_to_evaluate=seed_points(domains, plan.groups, spec.space.weighting_params),
         seed=spec.seed,
     )
     if spec.search.scheduler.type == "asha":
@@ -280,6 +378,7 @@ def run_search(
         "cpus_per_worker": spec.resources.cpus_per_worker,
         "gpus_per_worker": plan.gpus_per_worker,
         "train_storage": str(result_dir / storage.TRAIN_DIR),
+        "checkpoint_every": spec.search.checkpoint_every,
     }
     data_ref = DataRef(ray.put(data))
     trainable = tune.with_resources(
@@ -288,37 +387,48 @@ def run_search(
                         gpus_per_worker=plan.gpus_per_worker),
     )
     progress = Progress(plan.num_samples, echo)
-    recorder = TrialRecorder(result_dir / storage.TRIALS_FILE, max_epochs=max_epochs, on_row=progress)
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            scheduler=scheduler,
-            metric="score",
-            mode="min",
-            num_samples=plan.num_samples,
-            max_concurrent_trials=spec.search.max_concurrent_trials,
-            # An inline trial's process (torch already imported) can host the next trial. A Train
-            # trial's cannot: an ASHA-stopped TorchTrainer.fit() never returns, so resetting its actor
-            # for reuse waits forever; the actor must be killed (its Train run goes with it).
-            reuse_actors=executor == "inline",
-        ),
-        run_config=tune.RunConfig(
-            name=storage.TUNE_DIR,
-            storage_path=str(result_dir),
-            callbacks=[recorder],
-            verbose=2 if verbose else 0,
-            failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
-        ),
-    )
+    trials_path = result_dir / storage.TRIALS_FILE
+    recorder = TrialRecorder(trials_path, max_epochs=max_epochs, progress=progress)
+    tune_path = result_dir / storage.TUNE_DIR
+    if resume and tune.Tuner.can_restore(str(tune_path)):
+        # Finished trials are kept as they are; unfinished and errored ones continue from their last
+        # checkpoint; Optuna's state comes back with the experiment. (The run config, callbacks
+        # included, is restored too: the recorder reloads trials.csv when the search starts.)
+        tuner = tune.Tuner.restore(str(tune_path), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=scheduler,
+                metric="score",
+                mode="min",
+                num_samples=plan.num_samples,
+                max_concurrent_trials=spec.search.max_concurrent_trials,
+                # An inline trial's process (torch already imported) can host the next trial. A Train
+                # trial's cannot: an ASHA-stopped TorchTrainer.fit() never returns, so resetting its actor
+                # for reuse waits forever; the actor must be killed (its Train run goes with it).
+                reuse_actors=executor == "inline",
+            ),
+            run_config=tune.RunConfig(
+                name=storage.TUNE_DIR,
+                storage_path=str(result_dir),
+                callbacks=[recorder],
+                verbose=2 if verbose else 0,
+                failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
+        )
     grid = tuner.fit()
-    # Fill in anything the callbacks could not see (e.g. a trial that never started).
+    # The recorder that ran may be a restored copy: trials.csv is the record. Add what no callback saw.
+    rows = read_trial_rows(trials_path)
     for result in grid:
         trial_id = (result.metrics or {}).get("trial_id")
-        if trial_id and trial_id not in recorder.rows:
+        if trial_id and trial_id not in rows:
             error = repr(result.error) if result.error else None
-            recorder.rows[trial_id] = trial_row(trial_id, result.config or {}, result.metrics,
-                                                max_epochs=max_epochs, error=error)
-    trials = trials_frame(recorder.rows.values())
+            rows[trial_id] = trial_row(trial_id, result.config or {}, result.metrics, max_epochs=max_epochs,
+                                       error=error)
+    trials = trials_frame(rows.values())
     storage.atomic_write_csv(result_dir / storage.TRIALS_FILE, trials)
     return trials

@@ -21,7 +21,10 @@ Metric names in a report (``<t>`` a task, ``<m>`` a metric of its type):
     the best epoch and the metrics at that epoch. Test numbers are reported,
     never used to choose anything.
 ``train_loss/<t>``, ``weight/<t>``
-    this epoch's mean training loss and the weight the scheme gave each task.
+    this epoch's mean training loss, and the mean over the epoch's steps of the
+    weight the scheme gave each task (for a gradient-level scheme: the
+    coefficient of the task's gradient in the shared layers' update; see
+    :mod:`mtl_search.weighting`).
 ``train_loop_s``
     seconds spent inside the training loop so far (training and evaluation).
 ``params``, ``sharing_depth``, ``threads``, ``status``, ``reason``
@@ -45,7 +48,7 @@ from mtl_search.config import parse_head_sizes
 from mtl_search.data import PreparedData, SplitArrays
 from mtl_search.metrics import evaluate_task, masked_loss
 from mtl_search.model import Architecture, MultiTaskNet
-from mtl_search.weighting import Weighting, make_weighting
+from mtl_search.weighting import SharedGradients, Weighting, config_params, make_weighting
 
 Report = Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None]
 _EVAL_CHUNK = 65536
@@ -69,19 +72,24 @@ class TrialParams:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TrialParams:
-        """Build from a trial config (the sampled values of the spec's space)."""
+        """Build from a trial config (the sampled values of the spec's space).
+
+        The chosen scheme's hyperparameters are the config's ``<weighting>.<param>``
+        keys (e.g. ``dwa.temperature``, ``static.weight_<task>``); other schemes' keys are ignored.
+        """
+        weighting = str(config["weighting"])
         return cls(
             depth=int(config["depth"]),
             sharing_depth=int(config["sharing_depth"]),
             width=int(config["width"]),
             head_sizes=parse_head_sizes(config["head_sizes"]),
-            weighting=str(config["weighting"]),
+            weighting=weighting,
             lr=float(config["lr"]),
             epochs=int(config["epochs"]),
             batch_size=int(config["batch_size"]),
             weight_decay=float(config["weight_decay"]),
             dropout=float(config["dropout"]),
-            weighting_params=dict(config.get("weighting_params", {})),
+            weighting_params={**config_params(weighting, config), **dict(config.get("weighting_params", {}))},
         )
 
     def architecture(self) -> Architecture:
@@ -173,7 +181,14 @@ def fit(
     torch.manual_seed(seed)
     model = MultiTaskNet(data.num_features, {t: info.outputs for t, info in task_info.items()},
                          params.architecture()).to(device)
-    weighting = make_weighting(params.weighting, list(tasks), **params.weighting_params).to(device)
+    weighting = make_weighting(params.weighting, list(tasks), seed=seed, **params.weighting_params).to(device)
+    shared = _shared_layout(model, weighting)
+    if shared is not None and distributed.world_size > 1:
+        raise ValueError(
+            f"weighting {params.weighting!r} steers the shared layers' gradient, which data-parallel training "
+            f"(world_size={distributed.world_size}) does not support; train it on one worker "
+            "(resources.workers_per_trial: 1) or choose a loss-level weighting"
+        )
     trainable = model if distributed.wrap_model is None else distributed.wrap_model(model)
     optimizer = torch.optim.AdamW(
         [*model.parameters(), *weighting.parameters()], lr=params.lr, weight_decay=params.weight_decay,
@@ -205,16 +220,25 @@ def fit(
             "model": model.state_dict(), "weighting": weighting.state_dict(), "optimizer": optimizer.state_dict(),
             "generator": generator.get_state(), "epoch": epoch + 1, "best_score": best_score,
             "best_epoch": best_epoch, "best_metrics": best_metrics, "train_loop_s": loop_seconds,
+            "last_metrics": metrics,
         }
+
+    if initial_state is not None and start_epoch >= params.epochs:
+        # Restored after its last epoch (the run finished just before an interruption): there is nothing
+        # left to train, so report the final metrics again for whoever is waiting for them.
+        final = dict(initial_state.get("last_metrics", {}))
+        if report is not None and final:
+            report(final, lambda: dict(initial_state))
+        return FitResult(final.get("status", "completed"), start_epoch, best_score, best_epoch, final)
 
     constant = {"params": model.num_parameters(), "sharing_depth": model.sharing_depth,
                 "threads": torch.get_num_threads()}
     result = FitResult("completed", start_epoch, best_score, best_epoch, {})
     for epoch in range(start_epoch, params.epochs):
         started = time.perf_counter()
-        epoch_losses = _train_epoch(trainable, weighting, optimizer, train, task_info, params.batch_size,
-                                    steps, generator, distributed)
-        losses_cpu = epoch_losses.cpu()  # the one host sync of the epoch's training
+        epoch_losses, epoch_weights = _train_epoch(trainable, weighting, optimizer, train, task_info,
+                                                   params.batch_size, steps, generator, distributed, shared)
+        losses_cpu, used_weights = torch.stack([epoch_losses, epoch_weights]).cpu()  # the epoch's one host sync
         diverged = [t for t, value in zip(tasks, losses_cpu.tolist(), strict=True) if not math.isfinite(value)]
         metrics: dict[str, Any] = {"epoch": epoch + 1, **constant}
         if diverged:
@@ -226,7 +250,6 @@ def fit(
             if report is not None:
                 report(metrics, state)
             return FitResult("diverged", epoch + 1, float("nan"), best_epoch, metrics, reason)
-        used_weights = weighting.weights().cpu()
         weighting.end_epoch(epoch_losses)
 
         valid_out = predict(model, valid.x)
@@ -265,8 +288,13 @@ def _train_epoch(
     steps: int,
     generator: torch.Generator,
     distributed: Distributed,
-) -> torch.Tensor:
-    """One pass over this worker's shard; returns the mean loss per task (on the device)."""
+    shared: _SharedLayout | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass over this worker's shard; returns the mean loss and mean weight per task (on the device).
+
+    With ``shared`` (a gradient-level scheme and a group that shares layers) each step
+    goes through :func:`_gradient_step`; otherwise the scheme's combined loss is backpropagated.
+    """
     model.train()
     tasks = list(task_info)
     rows = train.x.shape[0]
@@ -275,6 +303,7 @@ def _train_epoch(
         shard = rows // distributed.world_size
         order = order[distributed.rank::distributed.world_size][:shard]
     sums = torch.zeros(len(tasks), device=train.x.device)
+    weight_sums = torch.zeros(len(tasks), device=train.x.device)
     sync_weighting = distributed.world_size > 1 and any(True for _ in weighting.parameters())
     for step in range(steps):
         index = order[step * batch_size:(step + 1) * batch_size]
@@ -283,12 +312,57 @@ def _train_epoch(
             masked_loss(task_info[t].type, outputs[t], train.y[t][index], train.mask[t][index]) for t in tasks
         ])
         optimizer.zero_grad(set_to_none=True)
-        weighting.combine(losses).backward()
+        if shared is None:
+            weighting.combine(losses).backward()
+        else:
+            _gradient_step(weighting, losses, shared)
         if sync_weighting:
             _average_gradients(weighting.parameters(), distributed.world_size)
         optimizer.step()
         sums += losses.detach()
-    return sums / steps
+        weight_sums += weighting.weights()
+    return sums / steps, weight_sums / steps
+
+
+@dataclass(frozen=True)
+class _SharedLayout:
+    """What a gradient-level scheme steers: the shared parameters, and everything else that trains."""
+
+    parameters: list[nn.Parameter]
+    others: list[nn.Parameter]
+    last_layer: slice  # columns of the flat shared gradient holding the last shared weight matrix
+
+
+def _shared_layout(model: MultiTaskNet, weighting: Weighting) -> _SharedLayout | None:
+    """The layout for a scheme that needs per-task gradients, or None (loss-level, or nothing shared)."""
+    parameters = model.shared_parameters()
+    if not weighting.needs_task_gradients or not parameters:
+        return None
+    ids = {id(p) for p in parameters}
+    others = [p for p in (*model.parameters(), *weighting.parameters()) if id(p) not in ids and p.requires_grad]
+    offset, last_layer = 0, slice(0, 0)
+    for parameter in parameters:
+        if parameter.ndim == 2:
+            last_layer = slice(offset, offset + parameter.numel())
+        offset += parameter.numel()
+    return _SharedLayout(parameters, others, last_layer)
+
+
+def _gradient_step(weighting: Weighting, losses: torch.Tensor, shared: _SharedLayout) -> None:
+    """Gradients for a gradient-level scheme: its direction for the shared layers, its loss for the rest."""
+    tasks = losses.shape[0]
+    # One batched backward (vmap over the rows of the identity) gives every task's shared gradient.
+    per_task = torch.autograd.grad(losses, shared.parameters, grad_outputs=torch.eye(tasks, device=losses.device,
+                                   dtype=losses.dtype), retain_graph=True, is_grads_batched=True,
+                                   materialize_grads=True)
+    flat = torch.cat([g.reshape(tasks, -1) for g in per_task], dim=1)
+    direction = weighting.shared_gradient(losses.detach(), SharedGradients(flat, shared.last_layer))
+    weighting.combine(losses).backward(inputs=shared.others)
+    offset = 0
+    for parameter in shared.parameters:
+        size = parameter.numel()
+        parameter.grad = direction[offset:offset + size].view_as(parameter).to(parameter.dtype)
+        offset += size
 
 
 def _average_gradients(parameters: Any, world_size: int) -> None:

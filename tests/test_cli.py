@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,23 @@ def test_existing_results_are_never_overwritten_silently(write_spec, tmp_path: P
     assert (existing / "leaderboard.csv").read_text() == "precious\n"
 
 
+def test_select_reads_a_network_table_and_prints_the_choice(tmp_path: Path, capsys):
+    table = tmp_path / "networks.csv"
+    table.write_text("network,group,cost,a,b\nsolo_a,a,1,0.5,\nsolo_b,b,1,,0.5\nboth,a+b,1,0.55,0.6\n")
+    # Alone at budget 1, "both" serves a and b; at budget 2 the two specialists together are better.
+    assert main(["select", str(table), "--budget", "1"]) == 0
+    assert "both" in capsys.readouterr().out  # one network must serve both tasks
+    assert main(["select", str(table), "--budget", "2", "--json"]) == 0
+    chosen = json.loads(capsys.readouterr().out)
+    assert sorted(chosen["networks"]) == ["solo_a", "solo_b"] and chosen["total_loss"] == pytest.approx(1.0)
+    assert main(["select", str(table), "--budget", "0.9"]) == 2
+    assert "raise --budget" in capsys.readouterr().err
+    (tmp_path / "bad.csv").write_text("network,group,cost,a\nx,a,cheap,0.1\n")
+    assert main(["select", str(tmp_path / "bad.csv"), "--budget", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "cost" in err and "bad.csv" in err and "Traceback" not in err
+
+
 DOCUMENTED = {
     "trials.csv": ["trial_id", "group", "n_tasks", "status", "reason", "depth", "sharing_depth", "width",
                    "head_sizes", "weighting", "lr", "weight_decay", "dropout", "batch_size", "epochs", "epochs_run",
@@ -71,7 +89,8 @@ DOCUMENTED = {
     "groups.csv": ["group", "n_tasks", "trials", "trials_failed", "best_trial", "valid_score", "test_score",
                    "params"],
     "leaderboard.csv": ["rank", "grouping", "n_groups", "valid_score", "score", "delta_vs_single_task_pct",
-                        "params"],
+                        "params", "inference_cost", "estimated"],
+    "selection.csv": ["budget", "feasible", "networks", "n_networks", "cost", "total_loss", "test_total_loss"],
 }
 
 

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
+
+import numpy as np
 import pytest
 
 from mtl_search.grouping import (
     CANDIDATE_STRATEGIES,
     CandidateStrategy,
+    affinity_onto,
     bell_number,
+    best_partitions,
     enumerate_partitions,
     group_id,
     group_tasks,
     grouping_id,
     make_strategy,
+    top_affinity_groupings,
 )
 
 TASKS = ["income", "weeks", "marital", "union"]
@@ -30,7 +36,8 @@ def test_ids_are_canonical():
 def test_every_strategy_proposes_all_singletons_and_valid_ids(name: str):
     strategy = make_strategy(name)
     assert isinstance(strategy, CandidateStrategy)
-    groups = strategy.propose(TASKS)
+    affinity = np.random.default_rng(0).normal(size=(4, 4)) if strategy.needs_affinity else None
+    groups = strategy.propose(TASKS, affinity)
     assert len(groups) == len(set(groups))
     assert set(TASKS) <= set(groups)
     for group in groups:
@@ -66,3 +73,71 @@ def test_partitions_use_only_available_groups():
     partitions = set(enumerate_partitions(["a", "b", "c"], ["a", "b", "c", "a+b"]))
     assert partitions == {("a", "b", "c"), ("a+b", "c")}
     assert list(enumerate_partitions(["a", "b"], ["a"])) == []
+
+
+def test_pairs_trains_singletons_pairs_and_all_and_estimates_the_rest():
+    strategy = make_strategy("pairs")
+    groups = strategy.propose(TASKS)
+    assert len(groups) == 4 + 6 + 1 and "income+marital+union+weeks" in groups
+    # Loss of each task alone 1.0; in a pair, the pair's members help each other by fixed amounts.
+    trained = {g: {t: 1.0 for t in group_tasks(g)} for g in groups if len(group_tasks(g)) != 2}
+    for a, b in itertools.combinations(TASKS, 2):
+        trained[group_id([a, b])] = {a: 0.5 + 0.1 * TASKS.index(b), b: 0.9}
+    estimated = strategy.estimate(TASKS, trained)
+    assert set(estimated) == {group_id(c) for c in itertools.combinations(TASKS, 3)}
+    triple = estimated["income+marital+weeks"]
+    # income pairs with weeks (0.6) and marital (0.7): the estimate is their mean.
+    assert triple["income"] == pytest.approx((0.6 + 0.7) / 2)
+    assert not (set(estimated) & set(trained))
+
+
+def test_pairs_does_not_estimate_from_a_missing_pair():
+    strategy = make_strategy("pairs")
+    trained = {g: {t: 1.0 for t in group_tasks(g)} for g in strategy.propose(TASKS) if g != "income+weeks"}
+    estimated = strategy.estimate(TASKS, trained)
+    assert not [g for g in estimated if {"income", "weeks"} <= set(group_tasks(g))]
+    assert "marital+union+weeks" in estimated
+
+
+def planted_affinity() -> np.ndarray:
+    """Tasks a, b help each other; c, d help each other; across the two they hurt."""
+    affinity = np.full((4, 4), -0.2)
+    for i, j in [(0, 1), (1, 0), (2, 3), (3, 2)]:
+        affinity[i, j] = 0.5
+    np.fill_diagonal(affinity, 1.0)
+    return affinity
+
+
+def test_affinity_onto_a_task_is_the_mean_from_its_group_mates():
+    tasks = ["a", "b", "c", "d"]
+    values = affinity_onto(tasks, planted_affinity(), "a+b+c")
+    assert values == pytest.approx({"a": (0.5 - 0.2) / 2, "b": (0.5 - 0.2) / 2, "c": -0.2})
+    assert affinity_onto(tasks, planted_affinity(), "d") == {"d": 0.0}
+
+
+def test_affinity_strategy_trains_the_groups_of_its_top_groupings():
+    tasks = ["a", "b", "c", "d"]
+    top = top_affinity_groupings(tasks, planted_affinity(), 2)
+    assert grouping_id(top[0][1]) == "a+b|c+d" and top[0][0] == pytest.approx(0.5)
+    groups = make_strategy("affinity", top_k=1).propose(tasks, planted_affinity())
+    assert groups == ["a", "b", "c", "d", "a+b", "c+d"]
+    with pytest.raises(ValueError, match="affinity matrix"):
+        make_strategy("affinity").propose(tasks)
+
+
+@pytest.mark.parametrize("n_tasks", [3, 5, 6])
+def test_best_partitions_is_exact(n_tasks: int):
+    tasks = [f"t{i}" for i in range(n_tasks)]
+    rng = np.random.default_rng(n_tasks)
+    groups = make_strategy("exhaustive").propose(tasks)
+    # Leave some groups out, as when trials fail: partitions may only use the rest.
+    groups = [g for g in groups if len(group_tasks(g)) == 1 or rng.random() < 0.7]
+    costs = {g: {t: float(rng.random()) for t in group_tasks(g)} for g in groups}
+    totals = [(sum(costs[g][t] for g in p for t in group_tasks(g)), p) for p in enumerate_partitions(tasks, groups)]
+    every = sorted(totals, key=lambda item: (item[0], grouping_id(item[1])))
+    for n in (1, 7, len(every), len(every) + 5):
+        found = best_partitions(tasks, costs, n)
+        assert [p for _, p in found] == [p for _, p in every[:n]]
+        assert [c for c, _ in found] == pytest.approx([c for c, _ in every[:n]])
+    limited = best_partitions(tasks, costs, len(every), max_groups=2)
+    assert [p for _, p in limited] == [p for _, p in every if len(p) <= 2]

@@ -8,7 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtl_search.leaderboard import best_per_group, format_top, rank_groupings, trial_row, trials_frame
+from mtl_search.grouping import make_strategy
+from mtl_search.leaderboard import (
+    add_estimates,
+    best_per_group,
+    format_top,
+    rank_groupings,
+    trial_row,
+    trials_frame,
+)
 
 TYPES = {"a": "regression", "b": "binary"}
 GROUPS = ["a", "b", "a+b"]
@@ -72,7 +80,9 @@ def test_best_per_group_is_chosen_on_validation():
 def test_groupings_ranked_on_validation_and_reported_on_test():
     board = rank_groupings(best_per_group(build_trials(), TYPES, GROUPS), TYPES)
     assert list(board.columns) == ["rank", "grouping", "n_groups", "valid_score", "score",
-                                   "delta_vs_single_task_pct", "test_a_rmse", "test_b_auc", "params"]
+                                   "delta_vs_single_task_pct", "test_a_rmse", "test_b_auc", "params",
+                                   "inference_cost", "estimated"]
+    assert list(board["inference_cost"]) == [1, 2] and not board["estimated"].any()
     assert list(board["grouping"]) == ["a+b", "a|b"]  # 0.40 < mean(0.30, 0.60)
     together, singles = board.iloc[0], board.iloc[1]
     assert together["valid_score"] == pytest.approx(0.40) and together["score"] == pytest.approx(0.30)
@@ -99,3 +109,45 @@ def test_empty_inputs():
     empty = best_per_group(trials_frame([]), TYPES, GROUPS)
     assert rank_groupings(empty, TYPES).empty
     assert "no grouping" in format_top(rank_groupings(empty, TYPES))
+
+
+def test_max_groups_and_parameter_cost():
+    groups = best_per_group(build_trials(), TYPES, GROUPS)
+    assert list(rank_groupings(groups, TYPES, max_groups=1)["grouping"]) == ["a+b"]
+    by_params = rank_groupings(groups, TYPES, cost="params")
+    assert list(by_params["inference_cost"]) == [100, 200]
+    with pytest.raises(ValueError, match="networks, params"):
+        rank_groupings(groups, TYPES, cost="flops")
+
+
+THREE = {"a": "regression", "b": "binary", "c": "regression"}
+
+
+def test_estimated_groups_are_ranked_and_flagged():
+    rows = []
+    nloss = {"a": {"a": 0.5}, "b": {"b": 0.5}, "c": {"c": 0.5}, "a+b+c": {"a": 0.9, "b": 0.9, "c": 0.9},
+             "a+b": {"a": 0.3, "b": 0.4}, "a+c": {"a": 0.3, "c": 0.4}, "b+c": {"b": 0.3, "c": 0.4}}
+    for group, values in nloss.items():
+        metrics = {}
+        for task, value in values.items():
+            metric = "rmse" if THREE[task] == "regression" else "auc"
+            metrics |= {f"valid/{task}/nloss": value, f"test/{task}/nloss": value + 0.01,
+                        f"valid/{task}/{metric}": value, f"test/{task}/{metric}": value}
+        score = float(np.mean(list(values.values())))
+        rows.append(trial_row(group, {"group": group}, result(5, score, score, metrics), max_epochs=5))
+    groups = best_per_group(trials_frame(rows), THREE, list(nloss))
+    strategy = make_strategy("pairs")
+    groups = add_estimates(groups, THREE, lambda trained: strategy.estimate(list(THREE), trained))
+    assert groups["estimated"].sum() == 0  # the all-task group is trained; nothing left to estimate
+    groups = best_per_group(trials_frame([r for r in rows if r["group"] != "a+b+c"]), THREE,
+                            [g for g in nloss if g != "a+b+c"])
+    groups = add_estimates(groups, THREE, lambda trained: strategy.estimate(list(THREE), trained))
+    estimated = groups.set_index("group").loc["a+b+c"]
+    assert bool(estimated["estimated"]) and estimated["trials"] == 0
+    assert estimated["valid_a_nloss"] == pytest.approx(0.3)  # mean of a's losses in a+b and a+c
+    assert estimated["valid_c_nloss"] == pytest.approx(0.4)
+    assert estimated["test_c_nloss"] == pytest.approx(0.41)
+    board = rank_groupings(groups, THREE)
+    top = board.iloc[0]
+    assert top["grouping"] == "a+b+c" and bool(top["estimated"]) and np.isnan(top["params"])
+    assert not board.set_index("grouping").loc["a|b|c", "estimated"]

@@ -48,12 +48,66 @@ def test_seed_points_cover_every_group_with_defaults():
     assert points[2]["weighting"] == "equal" and points[2]["sharing_depth"] == 1
 
 
+SCHEME_SPACE = {"weighting": {"choice": ["equal", "dwa", "gradnorm", "static"]}, "width": 16,
+                "weighting_params": {"dwa.temperature": {"float": [1, 4]}, "gradnorm.alpha": {"float": [0.5, 2.5]}}}
+
+
+def scheme_space(groups=("a", "b", "a+b")) -> DefineByRunSpace:
+    spec = spec_from_dict({"name": "t", "data": {"source": "builtin:planted"}, "space": SCHEME_SPACE})
+    return DefineByRunSpace(spec.space.domains(), tuple(groups), spec.space.weighting_params)
+
+
+def test_a_schemes_own_hyperparameters_are_sampled_only_when_it_is_chosen():
+    space = scheme_space()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(80):
+        trial = study.ask()
+        constants = space(trial)
+        params = trial.params
+        scheme = params.get("weighting", constants.get("weighting"))
+        seen.add(scheme)
+        own = {key for key in {**params, **constants} if "." in key}
+        expected = {"dwa": {"dwa.temperature"}, "gradnorm": {"gradnorm.alpha", "gradnorm.lr"},
+                    "static": {"static.weight_a", "static.weight_b"}}.get(scheme, set())
+        assert own == (expected if "+" in params["group"] else set()), (params, constants)
+        if scheme == "dwa":
+            assert 1.0 <= params["dwa.temperature"] <= 4.0
+        if scheme == "gradnorm":
+            assert 0.5 <= params["gradnorm.alpha"] <= 2.5
+            assert constants["gradnorm.lr"] == 0.025  # not ranged in the spec: the scheme's default, fixed
+            assert "gradnorm.lr" not in params
+        if scheme == "static":
+            assert all(0.1 <= params[f"static.weight_{t}"] <= 10.0 for t in "ab")
+        study.tell(trial, 0.0)
+    assert seen == {"equal", "dwa", "gradnorm", "static"}
+
+
+def test_seed_points_set_scheme_hyperparameters_only_where_they_are_sampled():
+    spec = spec_from_dict({"name": "t", "data": {"source": "builtin:planted"},
+                           "space": {**SCHEME_SPACE, "weighting": {"choice": ["static", "dwa"]},
+                                     "weighting_params": {"dwa.temperature": {"float": [1, 4]}}}})
+    points = seed_points(spec.space.domains(), ["a", "a+b"], spec.space.weighting_params)
+    assert not any("." in key for key in points[0])
+    assert points[1]["weighting"] == "static"
+    assert {k: v for k, v in points[1].items() if "." in k} == {"static.weight_a": 1.0, "static.weight_b": 1.0}
+    # Optuna runs an enqueued point as given, the scheme's values included.
+    study = optuna.create_study()
+    study.enqueue_trial(points[1])
+    trial = study.ask()
+    space = DefineByRunSpace(spec.space.domains(), ("a", "a+b"), spec.space.weighting_params)
+    space(trial)
+    assert trial.params["static.weight_a"] == 1.0 and trial.params["weighting"] == "static"
+
+
 def test_num_samples_must_cover_every_group():
     spec = spec_from_dict({"name": "t", "data": {"source": "builtin:planted"}, "search": {"num_samples": 2}})
     with pytest.raises(SpecError, match=r"num_samples=2.*3 candidate groups"):
         resolve_num_samples(spec, GROUPS)
     auto = spec_from_dict({"name": "t", "data": {"source": "builtin:planted"}})
     assert resolve_num_samples(auto, GROUPS) == 6
+    one_each = spec_from_dict({"name": "t", "data": {"source": "builtin:planted"}, "search": {"num_samples": "groups"}})
+    assert resolve_num_samples(one_each, GROUPS) == 3
 
 
 def run(tmp_path: Path, **overrides) -> tuple[pd.DataFrame, Path]:
@@ -89,3 +143,30 @@ def test_inline_trials_stopped_by_asha_are_recorded(ray_local, tmp_path: Path):
     assert (trials["status"] == "stopped").any()
     stopped = trials[trials["status"] == "stopped"]
     assert (stopped["epochs_run"] < 6).all() and stopped["score"].notna().all()
+
+
+def test_conditional_scheme_hyperparameters_in_a_real_search(ray_local, tmp_path: Path):
+    """Real Ray Tune + OptunaSearch: a scheme's own hyperparameters appear only on its trials, in range."""
+    # Three tasks: 7 groups. The seed trials of the 4 multi-task groups use the first choice (dwa, at the middle
+    # of its temperature range); TPE proposes the rest (seeded, so the same trials every run; in a simulation
+    # with random scores, 20 of 20 score sequences gave both dwa and gradnorm trials).
+    trials, out = run(tmp_path, **{"data.params": {"rows": 400, "features": 8, "clusters": 1, "tasks_per_cluster": 3},
+                                   "space.weighting": {"choice": ["dwa", "gradnorm", "equal"]},
+                                   "space.weighting_params": {"dwa.temperature": {"float": [1, 4]},
+                                                              "gradnorm.alpha": {"float": [0.5, 2.5]}},
+                                   "search.num_samples": 20, "search.scheduler": {"type": "fifo"}})
+    assert len(trials) == 20 and (trials["status"] == "completed").all()
+    multi = trials[trials["n_tasks"] > 1]
+    for scheme, column, (low, high) in (("dwa", "dwa.temperature", (1, 4)), ("gradnorm", "gradnorm.alpha", (0.5, 2.5))):
+        own = trials["weighting"].eq(scheme) & trials["n_tasks"].gt(1)
+        assert own.any(), f"no {scheme} trial to check (seeded search: change num_samples)"
+        assert trials.loc[own, column].between(low, high).all()
+        assert trials.loc[~own, column].isna().all()
+    assert (trials.loc[trials["weighting"].eq("gradnorm"), "gradnorm.lr"] == 0.025).all()
+    assert trials.loc[~trials["weighting"].eq("gradnorm"), "gradnorm.lr"].isna().all()
+    assert (trials.loc[trials["n_tasks"] == 1, "weighting"] == "equal").all()
+    # Every scheme's final weights reach trials.csv.
+    for _, row in multi.iterrows():
+        assert all(pd.notna(row[f"weight_{task}"]) for task in row["group"].split("+"))
+    written = pd.read_csv(out / "trials.csv")
+    assert {"dwa.temperature", "gradnorm.alpha"} <= set(written.columns)

@@ -67,16 +67,17 @@ def test_a_diverging_trial_ends_with_a_reason(planted_data: PreparedData):
     assert reports[-1]["status"] == "diverged" and len(reports) == result.epochs_run
 
 
-def test_resuming_from_a_reported_state_continues_exactly(planted_data: PreparedData):
+@pytest.mark.parametrize("weighting", ["dwa", "gradnorm", "rlw"])  # loss history; extra state; random draws
+def test_resuming_from_a_reported_state_continues_exactly(planted_data: PreparedData, weighting: str):
     states, reports = {}, []
 
     def keep(metrics, state):
         reports.append(metrics)
         states[metrics["epoch"]] = copy.deepcopy(state())
 
-    fit(planted_data, TASKS, params(epochs=4, weighting="dwa"), report=keep)
+    fit(planted_data, TASKS, params(epochs=4, weighting=weighting), report=keep)
     resumed = []
-    fit(planted_data, TASKS, params(epochs=4, weighting="dwa"), initial_state=states[2],
+    fit(planted_data, TASKS, params(epochs=4, weighting=weighting), initial_state=states[2],
         report=lambda metrics, state: resumed.append(metrics))
     assert [r["epoch"] for r in resumed] == [3, 4]
     for key in ("epoch_score", "score", "train_loss/a0", "weight/b0"):
@@ -107,13 +108,109 @@ def test_unknown_task_is_rejected(planted_data: PreparedData):
         fit(planted_data, ["a0", "zz"], params(epochs=1))
 
 
+MIXED = ["a0", "a1", "b0"]  # regression, binary, multiclass
+
+
 @pytest.mark.parametrize("weighting", sorted(WEIGHTINGS))
 def test_every_weighting_trains_a_mixed_task_group(planted_data: PreparedData, weighting: str):
+    """The registry's contract through the trainer: finite losses, a falling loss, weights logged per epoch."""
     reports = []
-    result = fit(planted_data, ["a0", "a1", "b0"], params(weighting=weighting, epochs=8),
+    result = fit(planted_data, MIXED, params(weighting=weighting, epochs=8),
                  report=lambda metrics, state: reports.append(metrics))
     assert result.status == "completed" and math.isfinite(result.score) and result.score < 1.0
+    for report in reports:
+        assert all(math.isfinite(report[f"train_loss/{t}"]) for t in MIXED)
+        assert all(math.isfinite(report[f"weight/{t}"]) for t in MIXED)
+        assert sum(report[f"weight/{t}"] for t in MIXED) > 0
     first, last = reports[0], reports[-1]
-    total = lambda r: sum(r[f"train_loss/{t}"] for t in ("a0", "a1", "b0"))  # noqa: E731
-    assert total(last) < total(first)
-    assert all(math.isfinite(last[f"weight/{t}"]) and last[f"weight/{t}"] > 0 for t in ("a0", "a1", "b0"))
+    total = lambda r: sum(r[f"train_loss/{t}"] for t in MIXED)  # noqa: E731
+    assert total(last) < 0.9 * total(first)
+
+
+def test_gradient_weights_change_the_shared_update_only_as_documented(planted_data: PreparedData):
+    # CAGrad with c = 0 is the average gradient on the scale of `equal`: the same training, up to rounding.
+    equal = fit(planted_data, MIXED, params(epochs=2))
+    cagrad = fit(planted_data, MIXED, params(epochs=2, weighting="cagrad", weighting_params={"c": 0.0}))
+    assert cagrad.score == pytest.approx(equal.score, rel=1e-4)
+    assert cagrad.metrics["train_loss/b0"] == pytest.approx(equal.metrics["train_loss/b0"], rel=1e-4)
+    # With conflict-averse steering the update differs.
+    steered = fit(planted_data, MIXED, params(epochs=2, weighting="cagrad", weighting_params={"c": 0.9}))
+    assert steered.score != pytest.approx(equal.score, rel=1e-4)
+
+
+@pytest.mark.parametrize("weighting", ["pcgrad", "imtl"])
+def test_gradient_schemes_without_shared_layers_train_like_their_loss(planted_data: PreparedData, weighting: str):
+    equal = fit(planted_data, MIXED, params(epochs=2, sharing_depth=0))
+    other = fit(planted_data, MIXED, params(epochs=2, sharing_depth=0, weighting=weighting))
+    assert other.score == equal.score
+    assert all(other.metrics[f"weight/{t}"] == 1.0 for t in MIXED)
+
+
+def test_gradient_step_writes_the_schemes_direction_into_the_shared_layers(planted_data: PreparedData):
+    from mtl_search.metrics import masked_loss
+    from mtl_search.model import MultiTaskNet
+    from mtl_search.train import _gradient_step, _shared_layout
+    from mtl_search.weighting import make_weighting
+
+    torch.manual_seed(0)
+    info = {t: planted_data.tasks[t] for t in MIXED}
+    model = MultiTaskNet(planted_data.num_features, {t: i.outputs for t, i in info.items()},
+                         params(depth=2, sharing_depth=2).architecture())
+    split = planted_data.splits["train"]
+    x = torch.as_tensor(split.x[:128])
+
+    def losses() -> torch.Tensor:
+        out = model(x)
+        return torch.stack([masked_loss(info[t].type, out[t], torch.as_tensor(split.y[t][:128]),
+                                        torch.as_tensor(split.mask[t][:128])) for t in MIXED])
+
+    scheme = make_weighting("pcgrad", MIXED)
+    layout = _shared_layout(model, scheme)
+    assert layout is not None and layout.parameters == model.shared_parameters()
+    last_weight = model.shared_parameters()[-2]  # the last shared Linear's weight matrix
+    assert layout.last_layer.stop == sum(p.numel() for p in model.shared_parameters()[:-1])
+    assert layout.last_layer.stop - layout.last_layer.start == last_weight.numel()
+    _gradient_step(scheme, losses(), layout)
+    got = torch.cat([p.grad.reshape(-1) for p in layout.parameters])
+    head = model.heads["b0"][-1].weight
+    head_grad = head.grad.clone()
+    # Shared layers: sum_k w_k g_k with the weights the scheme reports.
+    expected = torch.zeros_like(got)
+    for k, weight in enumerate(scheme.weights()):
+        model.zero_grad()
+        losses()[k].backward()
+        expected += weight * torch.cat([p.grad.reshape(-1) for p in layout.parameters])
+    assert torch.allclose(got, expected, atol=1e-6)
+    # Task-specific layers: the scheme's combined loss (PCGrad: the plain sum, i.e. each head its own loss).
+    assert torch.allclose(head_grad, torch.autograd.grad(losses()[2], head)[0], atol=1e-6)
+
+
+def test_gradient_schemes_refuse_data_parallel_training(planted_data: PreparedData):
+    from mtl_search.train import Distributed
+
+    with pytest.raises(ValueError, match=r"'pcgrad'.*data-parallel.*workers_per_trial"):
+        fit(planted_data, MIXED, params(weighting="pcgrad"), distributed=Distributed(rank=0, world_size=2))
+
+
+def test_trial_params_collect_the_chosen_schemes_hyperparameters():
+    config = {"depth": 2, "sharing_depth": 1, "width": 8, "head_sizes": "", "weighting": "static", "lr": 0.01,
+              "epochs": 2, "batch_size": 32, "weight_decay": 0.0, "dropout": 0.0, "dwa.temperature": 3.0,
+              "static.weight_a0": 2.0, "static.weight_b0": 0.5}
+    assert TrialParams.from_config(config).weighting_params == {"weight_a0": 2.0, "weight_b0": 0.5}
+    assert TrialParams.from_config({**config, "weighting": "dwa"}).weighting_params == {"temperature": 3.0}
+    assert TrialParams.from_config({**config, "weighting": "equal"}).weighting_params == {}
+
+
+def test_a_state_saved_after_the_last_epoch_reports_the_final_metrics_again(planted_data: PreparedData):
+    states, reports = {}, []
+
+    def keep(metrics, state):
+        reports.append(metrics)
+        states[metrics["epoch"]] = copy.deepcopy(state())
+
+    fit(planted_data, ["a0", "b0"], params(epochs=3), report=keep)
+    again = []
+    result = fit(planted_data, ["a0", "b0"], params(epochs=3), initial_state=states[3],
+                 report=lambda metrics, state: again.append(metrics))
+    assert len(again) == 1 and again[0]["epoch"] == 3 and again[0]["status"] == "completed"
+    assert again[0]["score"] == reports[-1]["score"] and result.score == reports[-1]["score"]

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
-from mtl_search.weighting._base import Weighting
+from mtl_search.config import Domain
+from mtl_search.weighting._base import Hyperparameter, Weighting, check_hyperparameters
 
 
 class DWA(Weighting):
@@ -16,24 +17,27 @@ class DWA(Weighting):
     ``w_k(t) = K * exp(r_k / T) / sum_i exp(r_i / T)``; the first two epochs use
     ``w_k = 1``. Weights sum to the number of tasks ``K``.
 
-    Args:
-        temperature: ``T``; larger values flatten the weights towards 1 (paper: 2).
+    Hyperparameters:
+        temperature: ``T`` > 0; larger values flatten the weights towards 1. Default 2 (the paper's).
     """
 
     name = "dwa"
+    hyperparameters = {
+        "temperature": Hyperparameter(Domain.const(2.0), "softmax temperature T (larger: flatter weights)",
+                                      low=0.0, low_open=True),
+    }
 
-    def __init__(self, tasks: Sequence[str], *, temperature: float = 2.0) -> None:
-        super().__init__(tasks)
-        if not temperature > 0:
-            raise ValueError(f"DWA temperature must be > 0, but got {temperature=}.")
-        self.temperature = temperature
+    def __init__(self, tasks: Sequence[str], *, seed: int = 0, temperature: float = 2.0) -> None:
+        super().__init__(tasks, seed=seed)
+        check_hyperparameters(type(self), {"temperature": temperature})
+        self.temperature = float(temperature)
         # Buffers, so a checkpoint (state_dict) carries the loss history along with the weights.
         self.register_buffer("_last_losses", torch.ones(2, self.num_tasks))
         self.register_buffer("_epochs_seen", torch.zeros((), dtype=torch.long))
         self.register_buffer("_weights", torch.ones(self.num_tasks))
 
     def combine(self, losses: torch.Tensor) -> torch.Tensor:
-        return (self._weights.to(losses.device) * losses).sum()
+        return (self._weights * losses).sum()
 
     def weights(self) -> torch.Tensor:
         return self._weights.detach().clone()

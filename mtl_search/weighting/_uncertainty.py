@@ -1,4 +1,5 @@
-"""Homoscedastic uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018)."""
+"""Homoscedastic uncertainty weighting (Kendall, Gal & Cipolla, "Multi-Task Learning Using
+Uncertainty to Weigh Losses for Scene Geometry and Semantics", CVPR 2018)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ class Uncertainty(Weighting):
     ``sum_i 0.5 * exp(-s_i) * L_i + 0.5 * s_i``.
 
     The effective weight of task ``i`` is ``0.5 * exp(-s_i)``; the ``0.5 * s_i``
-    term keeps the variances from growing without bound. ``s_i`` starts at 0.
+    term keeps the variances from growing without bound. ``s_i`` starts at 0 and
+    is trained by the network's optimiser. No hyperparameters.
     """
 
     name = "uncertainty"
 
-    def __init__(self, tasks: Sequence[str]) -> None:
-        super().__init__(tasks)
+    def __init__(self, tasks: Sequence[str], *, seed: int = 0) -> None:
+        super().__init__(tasks, seed=seed)
         self.log_vars = nn.Parameter(torch.zeros(self.num_tasks))
 
     def combine(self, losses: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,90 @@
+"""GradNorm (Chen, Badrinarayanan, Lee & Rabinovich, "GradNorm: Gradient Normalization for Adaptive
+Loss Balancing in Deep Multitask Networks", ICML 2018)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from mtl_search.config import Domain
+from mtl_search.weighting._base import Hyperparameter, SharedGradients, Weighting, check_hyperparameters, combination
+
+
+class GradNorm(Weighting):
+    """Learns loss weights that balance the tasks' gradient norms by their training rates.
+
+    With ``W`` the last shared layer's weight matrix, ``G_i = |grad_W w_i L_i|``,
+    ``G_bar`` their mean, ``L~_i = L_i(t) / L_i(0)`` (the first step's loss) and
+    ``r_i = L~_i / mean_j L~_j`` (the relative inverse training rate: higher for a
+    task that trains slower), the target norm is ``G_bar * r_i^alpha``, taken as a
+    constant, and the weights descend ``L_grad = sum_i |G_i - G_bar r_i^alpha|``.
+    After each update the weights are renormalised to sum to ``T`` (the paper's
+    ``sum w_i = T``). A slower task's weight therefore grows.
+
+    The network itself trains on ``sum_i w_i L_i`` with this step's weights (the
+    weights are *not* trained by the task loss, which would only shrink them): the
+    shared update is ``sum_i w_i g_i`` and ``weight/<task>`` logs ``w``. The weights
+    take a plain gradient step of size ``lr`` on ``L_grad / G_bar`` (dividing by the
+    constant ``G_bar`` makes the step independent of the gradients' scale, so one
+    ``lr`` suits every network); they are kept positive (clamped at ``1e-3`` before
+    renormalising).
+
+    Hyperparameters:
+        alpha: asymmetry ``alpha >= 0``: 0 pulls all gradient norms together, larger values
+            favour slow tasks more. Default 1.5 (the paper's NYUv2 setting).
+        lr: step size of the weights. Default 0.025.
+    """
+
+    name = "gradnorm"
+    needs_task_gradients = True
+    hyperparameters = {
+        "alpha": Hyperparameter(Domain.const(1.5), "asymmetry: how strongly slow tasks are favoured", low=0.0,
+                                high=10.0),
+        "lr": Hyperparameter(Domain.const(0.025), "step size of the loss weights", low=0.0, high=1.0,
+                             low_open=True),
+    }
+    min_weight = 1e-3
+
+    def __init__(self, tasks: Sequence[str], *, seed: int = 0, alpha: float = 1.5, lr: float = 0.025) -> None:
+        super().__init__(tasks, seed=seed)
+        check_hyperparameters(type(self), {"alpha": alpha, "lr": lr})
+        self.alpha = float(alpha)
+        self.lr = float(lr)
+        self.register_buffer("_weights", torch.ones(self.num_tasks))  # for the next step
+        self.register_buffer("_used", torch.ones(self.num_tasks))  # this step's
+        self.register_buffer("_initial_losses", torch.ones(self.num_tasks))
+        self._started = False
+
+    def combine(self, losses: torch.Tensor) -> torch.Tensor:
+        return (self._used * losses).sum()
+
+    def weights(self) -> torch.Tensor:
+        return self._used.clone()
+
+    def shared_gradient(self, losses: torch.Tensor, gradients: SharedGradients) -> torch.Tensor:
+        losses = losses.detach().to(self._weights)
+        if not self._started:
+            self._initial_losses.copy_(losses.clamp_min(1e-12))
+            self._started = True
+        self._used.copy_(self._weights)
+        self.update(losses, gradients.flat[:, gradients.last_layer].norm(dim=1).to(self._weights))
+        return combination(self._used, gradients.flat)
+
+    def update(self, losses: torch.Tensor, gradient_norms: torch.Tensor) -> None:
+        """One GradNorm step of the weights from this step's losses and ``|grad_W L_i|`` (unweighted)."""
+        weighted = self._weights * gradient_norms  # G_i
+        mean = weighted.mean().clamp_min(1e-12)
+        ratios = losses / self._initial_losses
+        target = mean * (ratios / ratios.mean().clamp_min(1e-12)) ** self.alpha
+        grad = torch.sign(weighted - target) * gradient_norms / mean
+        updated = (self._weights - self.lr * grad).clamp_min(self.min_weight)
+        self._weights.copy_(self.num_tasks * updated / updated.sum())
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {**super().get_extra_state(), "started": self._started}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        super().set_extra_state(state)
+        self._started = bool(state["started"])

@@ -1,0 +1,50 @@
+"""Static weighting: fixed per-task weights, chosen by the search.
+
+The classic hand-tuned weighted sum of task losses (e.g. Kendall et al. 2018,
+section 1, on the cost of tuning such weights by grid search), with the weights
+left to the hyperparameter search instead of a grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mtl_search.config import Domain
+from mtl_search.weighting._base import Hyperparameter, Weighting, check_hyperparameters
+
+
+class Static(Weighting):
+    """Loss ``sum_k w_k L_k`` with constant weights.
+
+    The raw weights ``r_k`` are normalised to sum to the number of tasks ``T``:
+    ``w_k = T * r_k / sum_i r_i``, so only their ratios matter and ``r = (1, ..., 1)``
+    is ``equal``.
+
+    Hyperparameters:
+        weight: ``r_k``, one per task of the group, sampled as ``static.weight_<task>``;
+            default log-uniform on ``[0.1, 10]`` (ratios up to 100), whose middle is 1.
+    """
+
+    name = "static"
+    hyperparameters = {
+        "weight": Hyperparameter(Domain("float", (0.1, 10.0), log=True),
+                                 "raw weight of each task (normalised to sum to T)", low=0.0, low_open=True,
+                                 per_task=True),
+    }
+
+    def __init__(self, tasks: Sequence[str], *, seed: int = 0, weight: Sequence[float] | None = None) -> None:
+        super().__init__(tasks, seed=seed)
+        raw = tuple(float(w) for w in weight) if weight is not None else (1.0,) * self.num_tasks
+        if len(raw) != self.num_tasks:
+            raise ValueError(f"static needs one weight per task ({self.num_tasks}), but got {weight=}.")
+        check_hyperparameters(type(self), {"weight": raw})
+        values = torch.tensor(raw, dtype=torch.float32)
+        self.register_buffer("_weights", self.num_tasks * values / values.sum())
+
+    def combine(self, losses: torch.Tensor) -> torch.Tensor:
+        return (self._weights * losses).sum()
+
+    def weights(self) -> torch.Tensor:
+        return self._weights

@@ -1,0 +1,118 @@
+"""Interrupted searches resume, failing trials do not stop a search, and runs are reproducible."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mtl_search.config import spec_from_dict
+from mtl_search.experiment import run_experiment
+
+from .conftest import planted_spec_dict
+
+THREE_TASKS = {"rows": 1500, "features": 8, "latent_dim": 3, "clusters": 1, "tasks_per_cluster": 3}
+
+
+def cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mtl_search", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def reported(tune_dir: Path) -> dict[str, list[dict]]:
+    """Every result each trial reported, from Tune's own result.json files."""
+    results = {}
+    for path in tune_dir.glob("*/result.json"):
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        if lines:
+            results[lines[0]["trial_id"]] = lines
+    return results
+
+
+def test_a_killed_run_resumes_without_retraining_finished_trials(write_spec, tmp_path: Path):
+    spec = write_spec(planted_spec_dict(tmp_path, **{
+        "data.params": THREE_TASKS, "space.epochs": 12, "search.num_samples": 9,
+        "search.max_concurrent_trials": 1, "search.scheduler": {"type": "fifo"}}))
+    out = tmp_path / "results" / "planted"
+    trials_csv = out / "trials.csv"
+    process = subprocess.Popen([sys.executable, "-m", "mtl_search", "run", str(spec)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 480
+        while time.time() < deadline and process.poll() is None:
+            if trials_csv.exists() and len(pd.read_csv(trials_csv)) >= 2:
+                break
+            time.sleep(0.2)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        process.wait()
+    before = pd.read_csv(trials_csv, dtype={"trial_id": str})
+    assert 2 <= len(before) < 9, "the kill must land mid-search"
+    results_before = reported(out / "tune")
+
+    resumed = cli("resume", str(out))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming: {len(before)} of 9 trials already finished" in resumed.stdout
+
+    after = pd.read_csv(trials_csv, dtype={"trial_id": str})
+    assert len(after) == 9 and after["trial_id"].is_unique
+    assert set(after["status"]) == {"completed"}
+    kept = after.set_index("trial_id").loc[before["trial_id"]]
+    for column in ("group", "score", "test_score", "epochs_run", "lr"):
+        assert list(kept[column]) == list(before[column]), column
+    # No finished trial was trained again. One that finished just before the kill may not be marked finished
+    # in Tune's saved state yet: it is restored from its last checkpoint and only repeats its final report.
+    results_after = reported(out / "tune")
+    for trial_id in before["trial_id"]:
+        old, new = results_before[trial_id], results_after[trial_id]
+        assert new[:len(old)] == old
+        for extra in new[len(old):]:
+            assert extra["epoch"] == old[-1]["epoch"] and extra["train_loop_s"] == old[-1]["train_loop_s"]
+            assert extra["score"] == old[-1]["score"]
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert len(board) == 5  # Bell(3): every group was scored
+    assert set(pd.read_csv(out / "groups.csv")["group"]) == {"a0", "a1", "a2", "a0+a1", "a0+a2", "a1+a2",
+                                                             "a0+a1+a2"}
+
+
+def test_resume_without_an_interrupted_search_is_a_clear_error(tmp_path: Path):
+    result = cli("resume", str(tmp_path))
+    assert result.returncode == 2 and "not an mtl_search result directory" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_diverging_and_raising_trials_are_recorded_and_the_search_finishes(write_spec, tmp_path: Path):
+    spec = write_spec(planted_spec_dict(tmp_path, **{
+        "data.params": {"rows": 300, "features": 8, "latent_dim": 2, "clusters": 1, "tasks_per_cluster": 2},
+        "space.lr": 1.0e30, "space.epochs": 3, "search.num_samples": "groups"}))
+    result = cli("run", str(spec), env={"MTL_SEARCH_FAIL_GROUPS": "a1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = pd.read_csv(tmp_path / "results" / "planted" / "trials.csv").set_index("group")
+    assert trials.loc["a1", "status"] == "error" and "injected failure" in trials.loc["a1", "reason"]
+    assert trials.loc["a0", "status"] == "diverged" and "non-finite" in trials.loc["a0", "reason"]
+    assert trials.loc["a0+a1", "status"] == "diverged"
+    assert "3 failed" in result.stdout and "no grouping could be scored" in result.stdout
+
+
+@pytest.mark.parametrize("executor", ["inline"])
+def test_same_seed_same_trials_and_leaderboard(ray_local, tmp_path: Path, executor: str):
+    boards, trials = [], []
+    for name in ("first", "second"):
+        spec = spec_from_dict(planted_spec_dict(tmp_path, **{
+            "name": name, "data.params": THREE_TASKS, "space.epochs": 3, "search.num_samples": 10,
+            "space.lr": {"float": [1e-3, 1e-1], "log": True}, "space.width": {"choice": [4, 8, 16]},
+            "search.max_concurrent_trials": 1, "search.trial_executor": executor}))
+        result = run_experiment(spec, echo=lambda line: None)
+        columns = ["group", "lr", "width", "status", "epochs_run", "score", "test_score"]
+        trials.append(result.trials[columns].reset_index(drop=True))
+        boards.append(result.leaderboard.reset_index(drop=True))
+    pd.testing.assert_frame_equal(trials[0], trials[1])
+    pd.testing.assert_frame_equal(boards[0], boards[1])
+    assert trials[0]["lr"].nunique() > 1  # TPE really proposed different values
