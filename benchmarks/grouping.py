@@ -59,6 +59,7 @@ def run(dataset: str, strategy: str, output: Path) -> tuple[pd.DataFrame, pd.Dat
         # One trial per trained group: strategies differ only in which groups they train.
         "search": {"num_samples": "groups", "max_concurrent_trials": 2, "trial_executor": "inline",
                    "scheduler": {"type": "fifo"}},
+        "baselines": [],  # reference rows would enter the rank lookup below
         "output": str(output),
     })
     started = time.time()

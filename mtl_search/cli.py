@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     spec_arguments(validate)
     _cluster_commands(commands, spec_arguments)
+    _review_commands(commands)
     return parser
 
 
@@ -138,6 +139,64 @@ def _cluster_commands(commands: argparse._SubParsersAction,
                              help="keep streaming until the job ends, then exit with its outcome")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def _review_commands(commands: argparse._SubParsersAction) -> None:
+    """``leaderboard``, ``compare`` and ``report``: reviewing a finished result directory (mtl_search.review)."""
+    where = "a result directory `run` wrote (e.g. results/census-demo) or its storage URI"
+    board = commands.add_parser(
+        "leaderboard", help="show a result directory's groupings as a table, re-ranked if asked",
+        description="Print the groupings of RESULTS_DIR as a table. --by re-ranks them by one task's metric; "
+                    "--budget keeps only groupings whose inference cost (networks or parameters, as the run's "
+                    "grouping.cost) fits. Rankings are always chosen on the validation split; every number shown "
+                    "besides the ranking key is from the test split.",
+    )
+    board.add_argument("results_dir", metavar="RESULTS_DIR", help=where)
+    board.add_argument("--top", type=_positive_int, default=10, metavar="N", help="rows to show (default 10)")
+    board.add_argument("--by", metavar="METRIC",
+                       help="rank by: score (default: mean normalised loss over all tasks), a task name (its "
+                            "headline metric: auc, rmse or accuracy), or TASK_nloss / TASK_METRIC; always on "
+                            "validation")
+    board.add_argument("--budget", type=float, metavar="B", help="keep groupings with inference_cost <= B")
+    style = board.add_mutually_exclusive_group()
+    style.add_argument("--csv", action="store_true", help="print CSV (leaderboard.csv's columns + ranked_by)")
+    style.add_argument("--markdown", action="store_true", help="print a Markdown table, for a report")
+
+    compare = commands.add_parser(
+        "compare", help="two experiments' best groupings side by side",
+        description="Compare two result directories: their rank-1 groupings side by side (test score, delta vs "
+                    "single-task, per-task test metrics, confirmation, trials, wall time), then each one's top "
+                    "groupings. A and B label the first and the second directory throughout.",
+    )
+    compare.add_argument("first", metavar="RESULTS_DIR_A", help=where)
+    compare.add_argument("second", metavar="RESULTS_DIR_B", help=where)
+    compare.add_argument("--top", type=_positive_int, default=3, metavar="K",
+                         help="groupings to list per experiment (default 3)")
+    style = compare.add_mutually_exclusive_group()
+    style.add_argument("--csv", action="store_true",
+                       help="print both top-K tables as one CSV with an experiment column")
+    style.add_argument("--markdown", action="store_true", help="print Markdown tables")
+
+    report = commands.add_parser(
+        "report", help="draw the plots (and report.html) of a result directory",
+        description="Write RESULTS_DIR/plots/*.png: the top groupings' per-task test losses, score vs inference "
+                    "cost with the Pareto front, each task in its best group vs alone, and the affinity heatmap "
+                    "(when measured). --html also writes RESULTS_DIR/report.html (static, images linked).",
+    )
+    report.add_argument("results_dir", metavar="RESULTS_DIR", help="a local result directory `run` wrote")
+    report.add_argument("--top", type=_positive_int, default=10, metavar="N",
+                        help="groupings in the top-groupings plot and the HTML table (default 10)")
+    report.add_argument("--html", action="store_true", help="also write report.html")
+
+
 def _overrides(args: argparse.Namespace) -> list[str]:
     overrides = list(args.overrides)
     if getattr(args, "output", None):
@@ -167,6 +226,33 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from mtl_search.experiment import resume_experiment
 
     resume_experiment(args.results_dir, address=args.address, verbose=args.verbose)
+    return EXIT_OK
+
+
+def _style(args: argparse.Namespace) -> str:
+    return "csv" if args.csv else "markdown" if args.markdown else "text"
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from mtl_search.review import show_leaderboard
+
+    print(show_leaderboard(args.results_dir, top=args.top, by=args.by, budget=args.budget, style=_style(args)),
+          end="")
+    return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from mtl_search.review import show_compare
+
+    print(show_compare(args.first, args.second, top=args.top, style=_style(args)), end="")
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from mtl_search.report import write_report
+
+    written = write_report(args.results_dir, top=args.top, html=args.html)
+    print("\n".join(str(path) for path in written))
     return EXIT_OK
 
 
@@ -252,6 +338,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": cmd_run, "resume": cmd_resume, "validate": cmd_validate, "select": cmd_select,
     "submit": cmd_submit, "status": cmd_status, "logs": cmd_logs, "stop": cmd_stop,
+    "leaderboard": cmd_leaderboard, "compare": cmd_compare, "report": cmd_report,
 }
 
 

@@ -218,7 +218,7 @@ def _normalise_head_sizes(value: Any) -> str:
 def _check_weighting(value: Any) -> str | None:
     from mtl_search.weighting import WEIGHTINGS  # lazy: pulls in torch
 
-    if value not in WEIGHTINGS:
+    if not isinstance(value, str) or value not in WEIGHTINGS:  # a list or mapping here is a typo too
         return f"unknown weighting; valid: {', '.join(sorted(WEIGHTINGS))}"
     return None
 
@@ -272,21 +272,57 @@ class _Strict(BaseModel):
 
 
 class TaskSpec(_Strict):
-    """One target: which column holds it and what kind of prediction it is."""
+    """One target: which column holds it and what kind of prediction it is.
+
+    ``positive`` (binary only) derives a yes/no task from a column of many values:
+    the listed values are the positive class, every other non-missing value the
+    negative one, e.g. ``{column: marital_stat, type: binary, positive: [Never married]}``.
+    """
 
     column: str
     type: Literal["regression", "binary", "multiclass"]
+    positive: list[str | int | float] | None = None
+
+    @model_validator(mode="after")
+    def _positive_is_binary(self) -> TaskSpec:
+        if self.positive is None:
+            return self
+        if self.type != "binary":
+            raise ValueError(f"positive lists the values of a binary task's positive class, but type is "
+                             f"{self.type!r}: use type binary, or remove positive")
+        if not self.positive:
+            raise ValueError("positive needs at least one value, e.g. positive: [Never married]")
+        shown = [str(value) for value in self.positive]
+        duplicates = sorted({value for value in shown if shown.count(value) > 1})
+        if duplicates:
+            raise ValueError(f"positive lists {', '.join(duplicates)} twice")
+        return self
 
 
 class SplitSpec(_Strict):
-    """Fractions of rows held out for validation (model selection) and test (reporting)."""
+    """Fractions of rows held out for validation (model selection) and test (reporting).
+
+    With ``column``, the split follows that column instead (e.g. a data set's original
+    train/test files): its values ``train``, ``valid`` and ``test`` name each row's split,
+    and ``test`` is unused. If it names no validation rows, a seeded fraction ``valid`` of
+    the ``valid_from`` split (``train`` unless given) becomes the validation split.
+    """
 
     valid: float = Field(0.15, gt=0, lt=1)
     test: float = Field(0.15, gt=0, lt=1)
+    column: str | None = None
+    valid_from: Literal["train", "test"] | None = None
+
+    @model_validator(mode="after")
+    def _valid_from_needs_column(self) -> SplitSpec:
+        if self.valid_from is not None and self.column is None:
+            raise ValueError("valid_from takes validation rows from a split that split.column names; "
+                             "set split.column (a column holding train/valid/test) or remove valid_from")
+        return self
 
     @model_validator(mode="after")
     def _leave_training_rows(self) -> SplitSpec:
-        if self.valid + self.test > 0.9:
+        if self.column is None and self.valid + self.test > 0.9:
             raise ValueError(f"valid + test = {self.valid + self.test:g} leaves under 10% to train; keep it <= 0.9")
         return self
 
@@ -466,6 +502,26 @@ class ResourcesSpec(_Strict):
         return float(value)
 
 
+class TrainSpec(_Strict):
+    """How each trial's training loop runs on its device (speed settings; see ``mtl_search.train``).
+
+    ``cuda_graphs``: ``auto`` captures the training step in a CUDA graph where that
+    is possible (a CUDA device, one worker, a scheme whose step is graph-safe) and
+    trains eagerly elsewhere; ``on`` insists (a trial that cannot be captured fails
+    with the reason); ``off`` never captures. ``amp``: ``bf16`` runs the forward pass
+    in bfloat16 under autocast (losses and metrics stay float32); ``none`` trains in float32.
+    """
+
+    cuda_graphs: Literal["auto", "on", "off"] = "auto"
+    amp: Literal["none", "bf16"] = "none"
+
+    @field_validator("cuda_graphs", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare on/off as true/false: take them as the words the user wrote.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
 class ExperimentSpec(_Strict):
     """A whole experiment: data, candidate groups, search space, search and resources."""
 
@@ -476,8 +532,24 @@ class ExperimentSpec(_Strict):
     space: SpaceSpec = Field(default_factory=SpaceSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
     confirm: ConfirmSpec | None = None
+    baselines: list[str] = Field(default_factory=lambda: ["gbdt"])
+    tracking: Literal["none", "mlflow", "tensorboard"] = "none"
     output: str = "results"
+
+    @field_validator("baselines")
+    @classmethod
+    def _known_baselines(cls, names: list[str]) -> list[str]:
+        from mtl_search.baselines import BASELINES
+
+        unknown = [n for n in names if n not in BASELINES]
+        if unknown:
+            raise ValueError(f"unknown baseline(s) {', '.join(map(repr, unknown))}; valid: "
+                             f"{', '.join(sorted(BASELINES))} (an empty list [] turns baselines off)")
+        if len(set(names)) != len(names):
+            raise ValueError(f"lists a baseline twice: {names}")
+        return names
 
     @field_validator("name")
     @classmethod
@@ -526,6 +598,26 @@ class ExperimentSpec(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _cuda_graphs_on_is_possible(self) -> ExperimentSpec:
+        if self.train.cuda_graphs != "on":
+            return self
+        from mtl_search.weighting import WEIGHTINGS  # lazy: pulls in torch
+
+        problems = []
+        if self.resources.gpus_per_worker == 0:
+            problems.append("resources.gpus_per_worker is 0 (a CUDA graph needs a GPU)")
+        if self.resources.workers_per_trial != 1:
+            problems.append(f"resources.workers_per_trial is {self.resources.workers_per_trial} (captured steps "
+                            "are single-worker)")
+        eager = sorted(str(name) for name in self.space.weighting.candidates() if not WEIGHTINGS[name].capturable)
+        if eager:
+            problems.append(f"space.weighting may choose {', '.join(eager)}, whose step runs host-side logic")
+        if problems:
+            raise ValueError(f"train.cuda_graphs is 'on' but {'; '.join(problems)}: use train.cuda_graphs "
+                             "'auto' (capture where possible) or change those settings")
+        return self
+
     def result_dir(self) -> Path:
         """``<output>/<name>``, absolute."""
         return (Path(self.output).expanduser() / self.name).resolve()
@@ -551,7 +643,8 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentSpec
         raise SpecError(f"spec file {str(path)!r} does not exist; pass the path to a YAML spec such as "
                         "search_spaces/tabular.yaml")
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        with path.open(encoding="utf-8") as stream:  # a stream, so YAML errors name the file
+            raw = yaml.load(stream, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"cannot read spec file {str(path)!r}: {exc}") from None
     except yaml.YAMLError as exc:
@@ -574,6 +667,13 @@ def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode,
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark,
+                f"a key must be a plain value (a word or a number), not a {type(key).__name__}",
+                key_node.start_mark) from None
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"key {key!r} appears twice in one mapping (lines {seen[key] + 1} and "
@@ -615,6 +715,9 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
         except yaml.YAMLError as exc:
             raise SpecError(f"--set {item!r}: the value is not valid YAML: {exc}") from None
         parts = key.strip().split(".")
+        if not all(part.strip() for part in parts):
+            raise SpecError(f"--set {item!r}: {key.strip()!r} has an empty part; write the dotted path, "
+                            "e.g. space.width")
         node = out
         for depth, part in enumerate(parts[:-1]):
             child = node.get(part)

@@ -9,13 +9,14 @@ stay in the data with ``mask = False`` for that task.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mtl_search.config import BUILTIN_PREFIX, DataSpec, ExperimentSpec
+from mtl_search.config import BUILTIN_PREFIX, DataSpec, ExperimentSpec, SplitSpec
 from mtl_search.errors import DataError
 from mtl_search.metrics import BINARY, MULTICLASS, REGRESSION, class_prior, trivial_loss
 
@@ -34,6 +35,8 @@ class Task:
         type: ``regression``, ``binary`` or ``multiclass``.
         classes: class labels in encoding order (binary: negative, positive).
         mean, std: training statistics used to standardise a regression target.
+        positive: for a binary task derived from a column of many values, the values that
+            are its positive class (labels 1; other values 0); empty otherwise.
     """
 
     name: str
@@ -42,6 +45,7 @@ class Task:
     classes: tuple[str, ...] = ()
     mean: float = 0.0
     std: float = 1.0
+    positive: tuple[str, ...] = ()
 
     @property
     def outputs(self) -> int:
@@ -73,6 +77,8 @@ class PreparedData:
     splits: dict[str, SplitArrays]
     source: str
     notes: list[str] = field(default_factory=list)
+    #: Row positions of each split in the table as read (for models that need the raw columns).
+    rows: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def num_features(self) -> int:
@@ -89,6 +95,8 @@ class PreparedData:
         for task in self.tasks.values():
             labelled = self.splits["train"].mask[task.name].mean()
             detail = f"{len(task.classes)} classes" if task.classes else f"mean {task.mean:.3g}, std {task.std:.3g}"
+            if task.positive:
+                detail += f", 1 = {' | '.join(task.positive)}"
             lines.append(f"  {task.name:<14} {task.type:<10} column {task.column} ({detail}; "
                          f"{labelled:.0%} of training rows labelled)")
         lines += [f"note: {note}" for note in self.notes]
@@ -160,14 +168,24 @@ def resolve_columns(
         _missing_columns([column], frame, f"data.tasks.{name}.column", origin)
     _missing_columns(list(spec.drop), frame, "data.drop", origin)
     targets = {column for column, _ in tasks.values()}
+    # A column that assigns rows to splits says nothing about a row: it is never a feature.
+    split_column = {spec.split.column} if spec.split.column is not None else set()
+    if split_column:
+        _missing_columns(list(split_column), frame, "data.split.column", origin)
+        if split_column & targets:
+            raise DataError(f"data.split.column: {spec.split.column} is a target column; name a column that "
+                            "assigns rows to train/valid/test")
     if spec.features == "auto":
-        skip = targets | set(spec.drop) | set(exclude)
+        skip = targets | set(spec.drop) | set(exclude) | split_column
         features = [str(c) for c in frame.columns if c not in skip]
     else:
         _missing_columns(list(spec.features), frame, "data.features", origin)
         used = [c for c in spec.features if c in targets]
         if used:
             raise DataError(f"data.features: {', '.join(used)} is a target column; a target cannot be a feature")
+        if split_column & set(spec.features):
+            raise DataError(f"data.features: {spec.split.column} is data.split.column; it assigns rows to splits "
+                            "and cannot be a feature")
         features = list(spec.features)
     if not features:
         raise DataError(f"no feature columns left in {origin} after removing targets and data.drop")
@@ -186,15 +204,21 @@ def prepare(spec: ExperimentSpec) -> PreparedData:
     frame, builtin_tasks, exclude, origin = read_table(spec.data)
     tasks, features = resolve_columns(spec.data, frame, builtin_tasks, exclude, origin)
     frame = frame.reset_index(drop=True)
+    positives = {name: tuple(str(v) for v in t.positive) for name, t in (spec.data.tasks or {}).items()
+                 if t.positive is not None}
+    frame = _derive_binary_targets(frame, tasks, spec.data, origin)
     notes: list[str] = []
-    index = _split_rows(frame, tasks, spec.data.split.valid, spec.data.split.test, spec.seed, notes)
+    if spec.data.split.column is None:
+        index = _split_rows(frame, tasks, spec.data.split.valid, spec.data.split.test, spec.seed, notes)
+    else:
+        index = _split_by_column(frame, tasks, spec.data.split, spec.seed, notes, origin)
     encoded_tasks: dict[str, Task] = {}
     labels: dict[str, dict[str, np.ndarray]] = {s: {} for s in SPLITS}
     masks: dict[str, dict[str, np.ndarray]] = {s: {} for s in SPLITS}
     trivial: dict[str, dict[str, float]] = {s: {} for s in SPLITS}
     for name, (column, kind) in tasks.items():
         task, encoded, mask, prior = _encode_target(name, column, kind, frame[column], index, origin)
-        encoded_tasks[name] = task
+        encoded_tasks[name] = replace(task, positive=positives.get(name, ()))
         # A class absent from training cannot be predicted: such rows count as unlabelled for the task.
         unseen = int(sum((frame[column].notna().to_numpy()[index[s]] & ~mask[s]).sum() for s in SPLITS))
         if unseen:
@@ -214,7 +238,7 @@ def prepare(spec: ExperimentSpec) -> PreparedData:
         for split in SPLITS
     }
     return PreparedData(tasks=encoded_tasks, feature_names=feature_names, input_columns=features,
-                        splits=splits, source=origin, notes=notes)
+                        splits=splits, source=origin, notes=notes, rows=index)
 
 
 def _split_rows(
@@ -235,15 +259,7 @@ def _split_rows(
             f"{sizes['test']} test, and each needs at least {MIN_ROWS['train']}/{MIN_ROWS['valid']}/"
             f"{MIN_ROWS['test']}; use at least {need} rows or change data.split"
         )
-    stratify = None
-    for name, (column, kind) in tasks.items():
-        if kind in (BINARY, MULTICLASS):
-            key = frame[column].astype("string").fillna(_MISSING_CATEGORY)
-            counts = key.value_counts()
-            if counts.min() >= 3:
-                stratify = key.to_numpy()
-                notes.append(f"split stratified on task {name}")
-            break
+    stratify = _stratify_key(frame, tasks, notes)
     rows = np.arange(n)
     rest, test_rows = train_test_split(rows, test_size=sizes["test"], random_state=seed,
                                        stratify=stratify)
@@ -253,14 +269,115 @@ def _split_rows(
     return {"train": np.sort(train_rows), "valid": np.sort(valid_rows), "test": np.sort(test_rows)}
 
 
+def _stratify_key(frame: pd.DataFrame, tasks: dict[str, tuple[str, str]], notes: list[str]) -> np.ndarray | None:
+    """The first classification task's labels, to stratify on, if every class has at least 3 rows."""
+    for name, (column, kind) in tasks.items():
+        if kind in (BINARY, MULTICLASS):
+            key = frame[column].astype("string").fillna(_MISSING_CATEGORY)
+            if key.value_counts().min() >= 3:
+                notes.append(f"split stratified on task {name}")
+                return key.to_numpy()
+            return None
+    return None
+
+
+def _split_by_column(
+    frame: pd.DataFrame, tasks: dict[str, tuple[str, str]], split: SplitSpec, seed: int, notes: list[str],
+    origin: str,
+) -> dict[str, np.ndarray]:
+    """Row indices that follow ``split.column`` (values train / valid / test).
+
+    When the column names no validation rows, a seeded (and, as in :func:`_split_rows`,
+    stratified) fraction ``split.valid`` of the ``split.valid_from`` rows becomes the validation split.
+    """
+    from sklearn.model_selection import train_test_split
+
+    column = str(split.column)
+    names = frame[column].astype("string").str.strip().str.lower()
+    bad = names.isna() | ~names.isin(SPLITS)
+    if bad.any():
+        shown = ", ".join(repr(v) for v in frame[column][bad].astype("string").fillna("<empty>").unique()[:5])
+        raise DataError(f"data.split.column: column {column} in {origin} must hold train, valid or test in every "
+                        f"row, but {int(bad.sum())} row(s) hold {shown}")
+    index = {name: np.flatnonzero((names == name).to_numpy()) for name in SPLITS}
+    if len(index["valid"]):
+        if split.valid_from is not None:
+            raise DataError(f"data.split.valid_from: column {column} in {origin} already names validation rows; "
+                            "remove valid_from")
+        notes.append(f"split follows column {column}")
+    else:
+        source = split.valid_from or "train"
+        rows = index[source]
+        size = round(len(rows) * split.valid)
+        if len(rows) - size < MIN_ROWS[source] or size < MIN_ROWS["valid"]:
+            raise DataError(f"data.split: column {column} in {origin} names {len(rows)} {source} row(s); a fraction "
+                            f"{split.valid:g} of them cannot leave at least {MIN_ROWS['valid']} validation and "
+                            f"{MIN_ROWS[source]} {source} rows")
+        stratify = _stratify_key(frame.iloc[rows], tasks, notes)
+        kept, valid = train_test_split(rows, test_size=size, random_state=seed, stratify=stratify)
+        index[source], index["valid"] = np.sort(kept), np.sort(valid)
+        notes.append(f"split follows column {column}; validation = {split.valid:g} of its {source} rows (seeded)")
+    short = [name for name in SPLITS if len(index[name]) < MIN_ROWS[name]]
+    if short:
+        sizes = " / ".join(f"{len(index[name])} {name}" for name in SPLITS)
+        raise DataError(f"data.split.column: column {column} in {origin} gives {sizes} rows, and each split needs at "
+                        f"least {MIN_ROWS['train']}/{MIN_ROWS['valid']}/{MIN_ROWS['test']}")
+    return index
+
+
+def _derive_binary_targets(
+    frame: pd.DataFrame, tasks: dict[str, tuple[str, str]], spec: DataSpec, origin: str
+) -> pd.DataFrame:
+    """Replace the column of each task with ``positive`` values by its 0/1 labels (missing stays missing).
+
+    Only a target column changes, and one column serves one task, so features are untouched.
+    """
+    derived: dict[str, pd.Series] = {}
+    for name, task_spec in (spec.tasks or {}).items():
+        if task_spec.positive is None:
+            continue
+        column = tasks[name][0]
+        values = frame[column]
+        where = f"data.tasks.{name}.positive (column {column} in {origin})"
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            try:
+                wanted: list[Any] = [float(v) for v in task_spec.positive]
+            except (TypeError, ValueError):
+                raise DataError(f"{where}: the column holds numbers, but positive lists "
+                                f"{', '.join(map(repr, task_spec.positive))}") from None
+            comparable = values.astype("float64")
+            present = set(comparable.dropna().unique().tolist())
+        else:
+            wanted = [str(v) for v in task_spec.positive]
+            comparable = values.astype("string")
+            present = set(comparable.dropna().unique().tolist())
+        absent = [v for v in wanted if v not in present]
+        if absent:
+            choices = sorted(map(str, present))
+            hints = []
+            for value in absent:
+                close = difflib.get_close_matches(str(value), choices, n=1)
+                hints.append(repr(value) + (f" (did you mean {close[0]!r}?)" if close else ""))
+            shown = ", ".join(choices[:12]) + (", ..." if len(choices) > 12 else "")
+            verb = "does" if len(absent) == 1 else "do"
+            raise DataError(f"{where}: {', '.join(hints)} {verb} not occur in the column; its values: {shown}")
+        labels = pd.Series(np.where(comparable.isin(wanted).fillna(False), 1, 0), index=frame.index, dtype="Int64")
+        derived[column] = labels.where(values.notna())
+    return frame.assign(**derived) if derived else frame
+
+
 def _encode_target(
     name: str, column: str, kind: str, values: pd.Series, index: dict[str, np.ndarray], origin: str
 ) -> tuple[Task, dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]:
     where = f"task {name} (column {column} in {origin})"
     present = values.notna().to_numpy()
     train = index["train"]
+    if not present.any():
+        raise DataError(f"{where}: every label is missing (the column is empty in all {len(values)} rows); "
+                        "name the column that holds the task's labels, or remove the task")
     if not present[train].any():
-        raise DataError(f"{where}: every training label is missing")
+        raise DataError(f"{where}: every training label is missing; the training split needs labelled rows "
+                        "(check the column, or use data.split.column to assign rows)")
     encoded: dict[str, np.ndarray] = {}
     mask: dict[str, np.ndarray] = {}
     if kind == REGRESSION:

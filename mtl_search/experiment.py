@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,12 +17,14 @@ import numpy as np
 import pandas as pd
 
 from mtl_search import __version__, storage
+from mtl_search.baselines import baseline_rows, make_baseline
 from mtl_search.config import ExperimentSpec, TaskSpec
 from mtl_search.data import PreparedData, prepare
 from mtl_search.errors import ResultsMissingError
 from mtl_search.grouping import CandidateStrategy, make_strategy
 from mtl_search.leaderboard import (
     HYPERPARAMETERS,
+    add_baseline_rows,
     add_estimates,
     best_per_group,
     confirm_table,
@@ -59,18 +61,21 @@ def candidate_groups(spec: ExperimentSpec, data: PreparedData, affinity: np.ndar
 
 def resolved_spec(spec: ExperimentSpec, data: PreparedData) -> ExperimentSpec:
     """The spec with the tasks that were actually used written out (a builtin's defaults included)."""
-    tasks = {name: TaskSpec(column=t.column, type=t.type) for name, t in data.tasks.items()}  # type: ignore[arg-type]
+    tasks = {name: TaskSpec(column=t.column, type=t.type, positive=list(t.positive) or None)  # type: ignore[arg-type]
+             for name, t in data.tasks.items()}
     return spec.model_copy(update={"data": spec.data.model_copy(update={"tasks": tasks})})
 
 
 def write_tables(result_dir: Path, trials: pd.DataFrame, data: PreparedData, groups: list[str],
-                 spec: ExperimentSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 spec: ExperimentSpec, baselines: Mapping[str, Mapping[str, float]] | None = None,
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write ``groups.csv`` (trained and estimated groups), ``leaderboard.csv`` and ``selection.csv``."""
     task_types = {name: task.type for name, task in data.tasks.items()}
     strategy = candidate_strategy(spec)
     by_group = best_per_group(trials, task_types, groups)
     by_group = add_estimates(by_group, task_types, lambda trained: strategy.estimate(list(task_types), trained))
     board = rank_groupings(by_group, task_types, max_groups=spec.grouping.max_groups, cost=spec.grouping.cost)
+    board = add_baseline_rows(board, task_types, baselines or {}, cost=spec.grouping.cost)
     storage.atomic_write_csv(result_dir / storage.GROUPS_FILE, by_group)
     storage.atomic_write_csv(result_dir / storage.LEADERBOARD_FILE, board)
     storage.atomic_write_csv(result_dir / storage.SELECTION_FILE, selection_csv(by_group, task_types,
@@ -108,6 +113,7 @@ def run_experiment(
     strategy = candidate_strategy(spec)
     if not strategy.needs_affinity:  # check the budget before anything is written
         search.resolve_num_samples(spec, strategy.propose(list(data.tasks)))
+    search.tracking_callbacks(spec, spec.result_dir())  # a missing tracking package fails before anything runs
     if resume:
         location = storage.results_to_resume(spec)
     else:
@@ -133,13 +139,16 @@ def run_experiment(
     echo(f"results: {location}")
     try:
         trials = search.run_search(spec, data, plan, result_dir, echo=echo, verbose=verbose, resume=resume)
-        by_group, board = write_tables(result_dir, trials, data, groups, spec)
+        baselines = baseline_rows(spec, data, spec.baselines, seed=spec.seed)
+        by_group, board = write_tables(result_dir, trials, data, groups, spec, baselines)
         if spec.confirm is not None:
             confirmed = confirm_groupings(spec, data, board, by_group, trials, confirm_seeds(spec),
                                           top_k=spec.confirm.top_k, echo=echo)
             storage.atomic_write_csv(result_dir / storage.CONFIRM_FILE, confirmed)
         wall = time.time() - started
         _write_run_info(result_dir, spec, plan, trials, wall)
+        from mtl_search.report import write_report  # matplotlib only once the tables exist
+        write_report(result_dir, keep_going=True, echo=echo)  # plots/*.png; `mtl-search report` redraws them
     finally:  # after a failure too, so the trials that finished reach shared storage
         storage.publish_results(location, echo=echo)
 
@@ -187,7 +196,8 @@ def confirm_groupings(spec: ExperimentSpec, data: PreparedData, board: pd.DataFr
     from mtl_search import search
     from mtl_search.grouping import grouping_groups
 
-    top = board.head(top_k)
+    ranked = board[~board["baseline"].astype(bool)] if "baseline" in board else board
+    top = ranked.head(top_k)
     groups = sorted({g for grouping in top["grouping"] for g in grouping_groups(str(grouping))})
     best = by_group.set_index("group")["best_trial"]
     by_trial = trials.set_index("trial_id")
@@ -203,8 +213,10 @@ def confirm_groupings(spec: ExperimentSpec, data: PreparedData, board: pd.DataFr
     jobs = [(group, configs[group], seed) for group in groups for seed in seeds]
     echo(f"confirm: retraining {len(groups)} networks of the top {len(top)} groupings with seeds {seeds} "
          f"({len(jobs)} runs)")
-    results = dict(zip([(g, s) for g, _, s in jobs], search.retrain(spec, data, jobs), strict=True))
-    return confirm_table(top, {n: t.type for n, t in data.tasks.items()}, results, seeds)
+    results = dict(zip([(g, s) for g, _, s in jobs], search.retrain(spec, data, jobs, echo=echo), strict=True))
+    references = {f"baseline:{name}": [make_baseline(name).evaluate(spec, data, seed=seed) for seed in seeds]
+                  for name in spec.baselines}
+    return confirm_table(top, {n: t.type for n, t in data.tasks.items()}, results, seeds, references)
 
 
 def write_affinity(result_dir: Path, tasks: list[str], affinity: np.ndarray) -> None:

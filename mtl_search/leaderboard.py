@@ -193,8 +193,7 @@ def rank_groupings(
         raise ValueError(f"unknown cost {cost!r}; valid: {', '.join(INFERENCE_COSTS)}")
     tasks = list(task_types)
     primary = _primary(task_types)
-    columns = ["rank", "grouping", "n_groups", "valid_score", "score", "delta_vs_single_task_pct",
-               *[f"test_{t}_{primary[t]}" for t in tasks], "params", "inference_cost", "estimated"]
+    columns = board_columns(task_types)
     valid = task_values(groups, lambda t: f"valid_{t}_nloss")
     if not valid:
         return pd.DataFrame(columns=columns)
@@ -225,15 +224,54 @@ def rank_groupings(
     baseline = row_of(singles)["score"] if all(g in valid for g in singles) else math.nan
     board["delta_vs_single_task_pct"] = 100.0 * (board["score"] - baseline) / baseline
     board.insert(0, "rank", np.arange(1, len(board) + 1))
+    board["baseline"] = False
     return board[columns]
 
 
+def board_columns(task_types: Mapping[str, str]) -> list[str]:
+    """The columns of ``leaderboard.csv``, in order."""
+    primary = _primary(task_types)
+    return ["rank", "grouping", "n_groups", "valid_score", "score", "delta_vs_single_task_pct",
+            *[f"test_{t}_{primary[t]}" for t in task_types], "params", "inference_cost", "estimated", "baseline"]
+
+
+def add_baseline_rows(board: pd.DataFrame, task_types: Mapping[str, str],
+                      baselines: Mapping[str, Mapping[str, float]], *, cost: str = "networks") -> pd.DataFrame:
+    """Append reference rows (e.g. ``baseline:gbdt``): scored like a grouping of one model per task, never ranked.
+
+    Their ``delta_vs_single_task_pct`` is against the networks' all-singletons grouping.
+    """
+    if not baselines:
+        return board
+    primary = _primary(task_types)
+    tasks = list(task_types)
+    singles = board.loc[board["grouping"] == grouping_id(tasks), "score"]
+    reference = float(singles.iloc[0]) if len(singles) else math.nan
+    rows = []
+    for name, metrics in baselines.items():
+        score = metrics["test/score"]
+        rows.append({
+            "rank": math.nan, "grouping": name, "n_groups": len(tasks), "valid_score": metrics["valid/score"],
+            "score": score, "delta_vs_single_task_pct": 100.0 * (score - reference) / reference,
+            **{f"test_{t}_{primary[t]}": metrics[f"test/{t}/{primary[t]}"] for t in tasks},
+            "params": math.nan, "inference_cost": float(len(tasks)) if cost == "networks" else math.nan,
+            "estimated": False, "baseline": True,
+        })
+    extra = pd.DataFrame(rows, columns=board_columns(task_types))
+    return pd.concat([board, extra], ignore_index=True) if len(board) else extra
+
+
 def format_top(board: pd.DataFrame, n: int = 5) -> str:
-    """The top ``n`` groupings as a plain-text table."""
-    if board.empty:
+    """The top ``n`` groupings, then any baseline rows, as a plain-text table."""
+    is_baseline = board["baseline"].astype(bool) if "baseline" in board else pd.Series(False, index=board.index)
+    ranked = board[~is_baseline]
+    if ranked.empty:
         return "(no grouping could be scored: every candidate group lacks a successful trial)"
-    shown = board.head(n)[["rank", "grouping", "n_groups", "valid_score", "score", "delta_vs_single_task_pct",
-                           "params"]].copy()
+    shown = pd.concat([ranked.head(n), board[is_baseline]])[["rank", "grouping", "n_groups", "valid_score", "score",
+                                                               "delta_vs_single_task_pct", "params"]].copy()
+    shown["rank"] = shown["rank"].map(lambda r: "-" if pd.isna(r) else str(int(r)))
+    shown["params"] = shown["params"].map(lambda p: "-" if pd.isna(p) else f"{int(p):,}")
+    shown["delta_vs_single_task_pct"] = shown["delta_vs_single_task_pct"].map(lambda d: f"{d:+.2f}")
     shown = shown.rename(columns={"score": "test_score", "delta_vs_single_task_pct": "vs_single_%"})
     return shown.to_string(index=False, float_format=lambda v: f"{v:.4f}")
 
@@ -243,6 +281,7 @@ def confirm_table(
     task_types: Mapping[str, str],
     results: Mapping[tuple[str, int], Mapping[str, Any]],
     seeds: Sequence[int],
+    baselines: Mapping[str, Sequence[Mapping[str, float]]] | None = None,
 ) -> pd.DataFrame:
     """``confirm.csv``: test metrics of retrained groupings, mean and std over seeds.
 
@@ -274,6 +313,17 @@ def confirm_table(
         rows.append({"rank": entry["rank"], "grouping": entry["grouping"], "task": "all", "group": "",
                      "metric": "score", "metric_mean": np.mean(per_seed_score), "metric_std": _std(per_seed_score),
                      "nloss_mean": np.mean(per_seed_score), "nloss_std": _std(per_seed_score), "seeds": len(seeds)})
+    for name, per_seed in (baselines or {}).items():
+        for task in task_types:
+            metric = [m[f"test/{task}/{primary[task]}"] for m in per_seed]
+            nloss = [m[f"test/{task}/nloss"] for m in per_seed]
+            rows.append({"rank": math.nan, "grouping": name, "task": task, "group": name, "metric": primary[task],
+                         "metric_mean": np.mean(metric), "metric_std": _std(metric), "nloss_mean": np.mean(nloss),
+                         "nloss_std": _std(nloss), "seeds": len(per_seed)})
+        scores = [m["test/score"] for m in per_seed]
+        rows.append({"rank": math.nan, "grouping": name, "task": "all", "group": "", "metric": "score",
+                     "metric_mean": np.mean(scores), "metric_std": _std(scores), "nloss_mean": np.mean(scores),
+                     "nloss_std": _std(scores), "seeds": len(per_seed)})
     return pd.DataFrame(rows)
 
 

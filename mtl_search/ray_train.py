@@ -25,12 +25,16 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 
+if TYPE_CHECKING:
+    from mtl_search.config import TrainSpec
+
 #: The run-wide settings every trial function receives as ``system``:
-#: seed, workers, cpus_per_worker, gpus_per_worker, train_storage, checkpoint_every.
+#: seed, workers, cpus_per_worker, gpus_per_worker (may be fractional: Tune then packs several trials on
+#: one GPU), train_storage, checkpoint_every and train_options (the spec's ``train:`` section as a dict).
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,16 @@ def _threads(cpus: float) -> int:
 STATE_FILE = "state.pt"
 
 
+def train_options(config: dict[str, Any]) -> TrainSpec:
+    """The spec's ``train:`` section carried in a trial's config (``train_options``); its defaults if absent.
+
+    A config from before the section existed (e.g. a resumed search's) has no such key.
+    """
+    from mtl_search.config import TrainSpec
+
+    return TrainSpec.model_validate(config.get("train_options") or {})
+
+
 def _fit_from_config(config: dict[str, Any], data: Any, device: Any, report: Any, distributed: Any = None,
                      initial_state: Any = None) -> None:
     """Train the trial's group; ``config`` holds the hyperparameters and the system settings."""
@@ -62,7 +76,7 @@ def _fit_from_config(config: dict[str, Any], data: Any, device: Any, report: Any
     torch.set_num_threads(_threads(config["cpus_per_worker"]))
     _maybe_fail(config)
     fit(data, group_tasks(config["group"]), TrialParams.from_config(config), device=device, seed=config["seed"],
-        report=report, distributed=distributed, initial_state=initial_state)
+        report=report, distributed=distributed, initial_state=initial_state, options=train_options(config))
 
 
 def _maybe_fail(config: dict[str, Any]) -> None:
@@ -140,9 +154,7 @@ def train_trial(config: dict[str, Any], data: DataRef, system: dict[str, Any]) -
 
     started = time.time()
     gpus = float(config["gpus_per_worker"])
-    resources = {"CPU": float(config["cpus_per_worker"])}
-    if gpus > 0:
-        resources["GPU"] = gpus
+    resources = worker_resources(cpus_per_worker=config["cpus_per_worker"], gpus_per_worker=gpus)
     trial_id = ray.tune.get_context().get_trial_id()
     trainer = TorchTrainer(
         worker_loop,
@@ -202,13 +214,16 @@ def confirm_task(data: DataRef, group: str, config: dict[str, Any], seed: int, c
 
     torch.set_num_threads(_threads(cpus))
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-    result = fit(data.get(), group_tasks(group), TrialParams.from_config(config), device=device, seed=seed)
+    result = fit(data.get(), group_tasks(group), TrialParams.from_config(config), device=device, seed=seed,
+                 options=train_options(config))
     return {"status": result.status, **result.metrics}
 
 
 def trial_resources(executor: str, *, cpus_per_worker: float, gpus_per_worker: float) -> dict[str, float]:
     """What the Tune trial itself holds.
 
+    A fractional ``gpus_per_worker`` (e.g. 0.25) lets Tune place several trials on one
+    GPU (here 4); Ray only counts the share, so the trials must fit in its memory together.
     A ``train`` trial is only a driver: its Train workers hold the CPUs and GPUs,
     so it asks for no CPU (``{"cpu": 0}`` alone is an empty bundle, which Ray
     rejects, hence the token memory). An ``inline`` trial trains itself.
@@ -218,6 +233,17 @@ def trial_resources(executor: str, *, cpus_per_worker: float, gpus_per_worker: f
     resources = {"cpu": cpus_per_worker}
     if gpus_per_worker > 0:
         resources["gpu"] = gpus_per_worker
+    return resources
+
+
+def worker_resources(*, cpus_per_worker: float, gpus_per_worker: float) -> dict[str, float]:
+    """What each Train worker of a ``train`` trial holds (``ScalingConfig.resources_per_worker``).
+
+    The GPU share is passed on as given: 0.25 lets four trials' workers share one GPU.
+    """
+    resources = {"CPU": float(cpus_per_worker)}
+    if gpus_per_worker > 0:
+        resources["GPU"] = float(gpus_per_worker)
     return resources
 
 

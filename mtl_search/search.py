@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from mtl_search import storage
 from mtl_search.config import Domain, ExperimentSpec
 from mtl_search.data import PreparedData
 from mtl_search.grouping import group_tasks
-from mtl_search.leaderboard import trial_row, trials_frame
+from mtl_search.leaderboard import best_per_group, rank_groupings, trial_row, trials_frame
 
 #: Hyperparameters that mean nothing for a group of one task.
 MULTI_TASK_ONLY = ("sharing_depth", "weighting")
@@ -179,7 +179,12 @@ class TrialRecorder(Callback):
         self.rows[trial.trial_id] = row
         storage.atomic_write_csv(self.path, trials_frame(self.rows.values()))
         if self.progress is not None:
-            self.progress(row)
+            self.progress.running = max(0, self.progress.running - 1)
+            self.progress(row, list(self.rows.values()))
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.progress is not None:
+            self.progress.running += 1
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._record(trial)
@@ -209,11 +214,21 @@ def _error_text(trial: Any) -> str:
 
 
 class Progress:
-    """Prints one line per finished trial: count, group, outcome, elapsed and remaining time."""
+    """One line per finished trial: trials done / running / total, the trial's outcome, the best grouping
+    so far (by validation), elapsed and estimated remaining time.
 
-    def __init__(self, total: int, echo: Callable[[str], None] = print):
+    Args:
+        total: trials in the search.
+        task_types: task -> type, to rank groupings from the finished trials.
+        echo: where lines go.
+    """
+
+    def __init__(self, total: int, task_types: Mapping[str, str] | None = None,
+                 echo: Callable[[str], None] = print):
         self.total = total
+        self.task_types = dict(task_types or {})
         self.echo = echo
+        self.running = 0
         self.start()
 
     def start(self, already_done: int = 0) -> None:
@@ -223,7 +238,15 @@ class Progress:
         if already_done:
             self.echo(f"resuming: {already_done} of {self.total} trials already finished")
 
-    def __call__(self, row: dict[str, Any]) -> None:
+    def best_so_far(self, rows: Iterable[Mapping[str, Any]]) -> str:
+        """The grouping that would rank first now, with its validation score ("-" until one exists)."""
+        if not self.task_types:
+            return "-"
+        groups = sorted({str(r["group"]) for r in rows})
+        board = rank_groupings(best_per_group(trials_frame(rows), self.task_types, groups), self.task_types, limit=1)
+        return "none yet" if board.empty else f"{board.loc[0, 'grouping']} ({board.loc[0, 'valid_score']:.4f})"
+
+    def __call__(self, row: Mapping[str, Any], rows: Iterable[Mapping[str, Any]] = ()) -> None:
         self.done += 1
         elapsed = time.time() - self.started
         remaining = elapsed / max(1, self.done - self.first) * (self.total - self.done)
@@ -232,9 +255,9 @@ class Progress:
         outcome = f"score {score:.4f}" if finite else row["status"]
         detail = row["status"] if row["status"] != "completed" else f"{row['epochs_run']} epochs"
         self.echo(
-            f"[{self.done:>{len(str(self.total))}}/{self.total}] {row['group']:<30} {outcome:<14} "
-            f"({detail}, {row.get('wall_s', float('nan')):.1f} s)   elapsed {_clock(elapsed)}, "
-            f"~{_clock(remaining)} left"
+            f"[{self.done:>{len(str(self.total))}}/{self.total}, {self.running} running] {row['group']:<24} "
+            f"{outcome:<14} ({detail}, {row.get('wall_s', float('nan')):.1f} s) | best so far "
+            f"{self.best_so_far(rows)} | {_clock(elapsed)} elapsed, ~{_clock(remaining)} left"
         )
 
 
@@ -282,6 +305,9 @@ def quiet_logs(verbose: bool) -> None:
     # machine, and that token authentication is on (it is, and should stay on; see cluster/README.md).
     for name in ("ray.tune.utils.util", "ray._private.authentication.authentication_token_setup"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # Tune warns when short trials checkpoint every epoch ("snapshotting ... may become a bottleneck");
+    # mtl_search checkpoints per epoch on purpose (resume), and the snapshot is small.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
 def resolve_gpus(spec: ExperimentSpec) -> float:
@@ -292,6 +318,36 @@ def resolve_gpus(spec: ExperimentSpec) -> float:
     if requested == "auto":
         return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     return float(requested)
+
+
+def tracking_callbacks(spec: ExperimentSpec, result_dir: Path) -> list[Any]:
+    """Ray Tune logger callbacks for the spec's ``tracking`` (none, mlflow or tensorboard).
+
+    MLflow logs to a local file store, ``<result dir>/mlruns`` (view it with ``mlflow ui
+    --backend-store-uri <that folder>``); set ``MLFLOW_TRACKING_URI`` to log to a server instead.
+    TensorBoard event files go into each trial's folder under ``tune/`` (``tensorboard --logdir``).
+
+    Raises:
+        UserError: the tracking package is not installed (``pip install 'mtl-search[tracking]'``).
+    """
+    from mtl_search.errors import UserError
+
+    if spec.tracking == "none":
+        return []
+    try:
+        if spec.tracking == "mlflow":
+            import mlflow  # noqa: F401 - fail here, clearly, rather than inside Tune
+            from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+            uri = os.environ.get("MLFLOW_TRACKING_URI") or (result_dir / "mlruns").as_uri()
+            return [MLflowLoggerCallback(tracking_uri=uri, experiment_name=spec.name)]
+        import tensorboardX  # noqa: F401
+        from ray.tune.logger import TBXLoggerCallback
+
+        return [TBXLoggerCallback()]
+    except ImportError as exc:
+        raise UserError(f"tracking: {spec.tracking} needs a package that is not installed ({exc.name}); "
+                        "install it with pip install 'mtl-search[tracking]', or set tracking: none") from None
 
 
 def default_config(spec: ExperimentSpec) -> dict[str, Any]:
@@ -320,8 +376,11 @@ def measure_affinity(spec: ExperimentSpec, data: PreparedData, *, echo: Callable
 
 
 def retrain(spec: ExperimentSpec, data: PreparedData, jobs: Sequence[tuple[str, dict[str, Any], int]],
-            ) -> list[dict[str, Any]]:
-    """Retrain (group, config, seed) jobs as Ray tasks holding one trial's resources each; their metrics."""
+            echo: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Retrain (group, config, seed) jobs as Ray tasks holding one trial's resources each; their metrics.
+
+    With ``echo``, one line per finished run (count, group, seed, validation score, elapsed and remaining time).
+    """
     import ray
 
     from mtl_search.ray_train import DataRef, confirm_task
@@ -329,8 +388,19 @@ def retrain(spec: ExperimentSpec, data: PreparedData, jobs: Sequence[tuple[str, 
     gpus = resolve_gpus(spec)
     task = ray.remote(confirm_task).options(num_cpus=spec.resources.cpus_per_worker, num_gpus=gpus)
     data_ref = DataRef(ray.put(data))
-    return ray.get([task.remote(data_ref, group, config, seed, spec.resources.cpus_per_worker, gpus > 0)
-                    for group, config, seed in jobs])
+    refs = [task.remote(data_ref, group, config, seed, spec.resources.cpus_per_worker, gpus > 0)
+            for group, config, seed in jobs]
+    started, pending, width = time.time(), list(refs), len(str(len(refs)))
+    while echo is not None and pending:
+        finished, pending = ray.wait(pending, num_returns=1)
+        group, _, seed = jobs[refs.index(finished[0])]
+        metrics = ray.get(finished[0])
+        done, elapsed = len(refs) - len(pending), time.time() - started
+        score = metrics.get("score", float("nan"))
+        outcome = f"valid score {score:.4f}" if isinstance(score, float) and score == score else metrics["status"]
+        echo(f"  [{done:>{width}}/{len(refs)}] {group:<24} seed {seed}: {outcome} | {_clock(elapsed)} elapsed, "
+             f"~{_clock(elapsed / done * len(pending))} left")
+    return ray.get(refs)
 
 
 def run_search(
@@ -379,6 +449,7 @@ def run_search(
         "gpus_per_worker": plan.gpus_per_worker,
         "train_storage": str(result_dir / storage.TRAIN_DIR),
         "checkpoint_every": spec.search.checkpoint_every,
+        "train_options": spec.train.model_dump(),
     }
     data_ref = DataRef(ray.put(data))
     trainable = tune.with_resources(
@@ -386,7 +457,7 @@ def run_search(
         trial_resources(executor, cpus_per_worker=spec.resources.cpus_per_worker,
                         gpus_per_worker=plan.gpus_per_worker),
     )
-    progress = Progress(plan.num_samples, echo)
+    progress = Progress(plan.num_samples, {name: task.type for name, task in data.tasks.items()}, echo)
     trials_path = result_dir / storage.TRIALS_FILE
     recorder = TrialRecorder(trials_path, max_epochs=max_epochs, progress=progress)
     tune_path = result_dir / storage.TUNE_DIR
@@ -414,7 +485,7 @@ def run_search(
             run_config=tune.RunConfig(
                 name=storage.TUNE_DIR,
                 storage_path=str(result_dir),
-                callbacks=[recorder],
+                callbacks=[recorder, *tracking_callbacks(spec, result_dir)],
                 verbose=2 if verbose else 0,
                 failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

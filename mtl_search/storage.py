@@ -67,7 +67,10 @@ def prepare_result_dir(path: Path, *, overwrite: bool = False) -> Path:
 
     Raises:
         ResultsExistError: ``path`` holds files and ``overwrite`` is False.
+        UserError: ``path`` is a file or cannot be created.
     """
+    if path.exists() and not path.is_dir():
+        raise UserError(f"the result directory {path} is a file; choose another --name or --output")
     if path.exists() and any(path.iterdir()):
         if not overwrite:
             raise ResultsExistError(
@@ -75,7 +78,11 @@ def prepare_result_dir(path: Path, *, overwrite: bool = False) -> Path:
                 "interrupted run, or choose another --name or --output"
             )
         shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the result directory {path} ({exc.strerror}); choose another --output "
+                        "(output: in the spec) where you may write") from None
     return path
 
 

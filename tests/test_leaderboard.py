@@ -10,6 +10,7 @@ import pytest
 
 from mtl_search.grouping import make_strategy
 from mtl_search.leaderboard import (
+    add_baseline_rows,
     add_estimates,
     best_per_group,
     format_top,
@@ -81,7 +82,7 @@ def test_groupings_ranked_on_validation_and_reported_on_test():
     board = rank_groupings(best_per_group(build_trials(), TYPES, GROUPS), TYPES)
     assert list(board.columns) == ["rank", "grouping", "n_groups", "valid_score", "score",
                                    "delta_vs_single_task_pct", "test_a_rmse", "test_b_auc", "params",
-                                   "inference_cost", "estimated"]
+                                   "inference_cost", "estimated", "baseline"]
     assert list(board["inference_cost"]) == [1, 2] and not board["estimated"].any()
     assert list(board["grouping"]) == ["a+b", "a|b"]  # 0.40 < mean(0.30, 0.60)
     together, singles = board.iloc[0], board.iloc[1]
@@ -151,3 +152,15 @@ def test_estimated_groups_are_ranked_and_flagged():
     top = board.iloc[0]
     assert top["grouping"] == "a+b+c" and bool(top["estimated"]) and np.isnan(top["params"])
     assert not board.set_index("grouping").loc["a|b|c", "estimated"]
+
+
+def test_baseline_rows_are_references_never_ranked():
+    board = rank_groupings(best_per_group(build_trials(), TYPES, GROUPS), TYPES)
+    metrics = {"valid/score": 0.42, "test/score": 0.45, "test/a/rmse": 1.5, "test/b/auc": 0.8}
+    with_baseline = add_baseline_rows(board, TYPES, {"baseline:gbdt": metrics})
+    row = with_baseline.iloc[-1]
+    assert row["grouping"] == "baseline:gbdt" and bool(row["baseline"]) and np.isnan(row["rank"])
+    assert row["delta_vs_single_task_pct"] == pytest.approx(100 * (0.45 - 0.50) / 0.50)
+    assert list(with_baseline["rank"].dropna()) == [1, 2]  # the groupings keep their ranks
+    text = format_top(with_baseline)
+    assert "baseline:gbdt" in text and "a+b" in text

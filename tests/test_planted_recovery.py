@@ -33,6 +33,7 @@ def test_run_ranks_the_planted_grouping_first(ray_local, write_spec, tmp_path: P
     }
     assert main(["run", str(write_spec(spec))]) == 0
     board = pd.read_csv(tmp_path / "results" / "planted" / "leaderboard.csv")
+    board = board[~board["baseline"]]
     assert len(board) == 15
     assert board.loc[0, "grouping"] == planted_grouping(2, 2) == "a0+a1|b0+b1"
     ranks = board.set_index("grouping")["rank"]
@@ -53,6 +54,7 @@ def planted_2x3_spec(tmp_path: Path, strategy: str, seed: int) -> dict:
                   "lr": 0.003, "batch_size": 128, "epochs": 40},
         "search": {"num_samples": "groups", "max_concurrent_trials": 2, "trial_executor": "inline",
                    "scheduler": {"type": "fifo"}},
+        "baselines": [],
         "output": str(tmp_path / "results"),
     }
 

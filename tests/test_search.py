@@ -170,3 +170,21 @@ def test_conditional_scheme_hyperparameters_in_a_real_search(ray_local, tmp_path
         assert all(pd.notna(row[f"weight_{task}"]) for task in row["group"].split("+"))
     written = pd.read_csv(out / "trials.csv")
     assert {"dwa.temperature", "gradnorm.alpha"} <= set(written.columns)
+
+
+@pytest.mark.parametrize("tracking", ["mlflow", "tensorboard"])
+def test_tracking_logs_every_trial(ray_local, tmp_path: Path, tracking: str):
+    trials, out = run(tmp_path, **{"data.params": {"rows": 300, "features": 8, "latent_dim": 2, "clusters": 1,
+                                                   "tasks_per_cluster": 2},
+                                   "search.num_samples": "groups", "tracking": tracking})
+    if tracking == "mlflow":
+        import mlflow
+
+        client = mlflow.tracking.MlflowClient(tracking_uri=(out / "mlruns").as_uri())
+        experiment = client.get_experiment_by_name("planted")
+        runs = client.search_runs([experiment.experiment_id])
+        assert len(runs) == len(trials) == 3
+        assert all("score" in run.data.metrics for run in runs)
+    else:
+        events = list((out / "tune").glob("*/events.out.tfevents.*"))
+        assert len(events) == len(trials) == 3

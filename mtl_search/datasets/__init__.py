@@ -12,12 +12,13 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from mtl_search.datasets import census_income, planted
+from mtl_search.datasets import census_income, nhefs, planted
 from mtl_search.datasets._table import BuiltinTable
 from mtl_search.errors import DataError
 
 BUILTINS: dict[str, Callable[..., BuiltinTable]] = {
     "census_income": census_income.load,
+    "nhefs": nhefs.load,
     "planted": planted.generate,
 }
 

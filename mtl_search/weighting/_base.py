@@ -115,6 +115,10 @@ class Weighting(nn.Module, ABC):
     #: Whether the trainer must hand the scheme per-task gradients of the shared
     #: parameters (gradient-manipulation schemes); loss-level schemes leave it False.
     needs_task_gradients: ClassVar[bool] = False
+    #: Whether the scheme's per-step work (:meth:`combine`, :meth:`weights`) is safe to capture in a
+    #: CUDA graph and replay: device tensors only, no host-side decisions, no CPU random generator, no
+    #: reading values back to the host. The trainer replays a captured step only for such schemes.
+    capturable: ClassVar[bool] = False
     #: Keyword arguments of ``__init__`` that the search may sample, with their defaults.
     hyperparameters: ClassVar[Mapping[str, Hyperparameter]] = {}
 

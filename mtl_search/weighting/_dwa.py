@@ -22,6 +22,7 @@ class DWA(Weighting):
     """
 
     name = "dwa"
+    capturable = True  # weights change only in end_epoch (outside the step), in place: safe to replay
     hyperparameters = {
         "temperature": Hyperparameter(Domain.const(2.0), "softmax temperature T (larger: flatter weights)",
                                       low=0.0, low_open=True),

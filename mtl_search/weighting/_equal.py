@@ -17,6 +17,7 @@ class Equal(Weighting):
     """
 
     name = "equal"
+    capturable = True  # a sum of device tensors: safe to replay from a CUDA graph
 
     def __init__(self, tasks: Sequence[str], *, seed: int = 0) -> None:
         super().__init__(tasks, seed=seed)

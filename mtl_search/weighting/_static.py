@@ -28,6 +28,7 @@ class Static(Weighting):
     """
 
     name = "static"
+    capturable = True  # fixed weights in a buffer: safe to replay from a CUDA graph
     hyperparameters = {
         "weight": Hyperparameter(Domain("float", (0.1, 10.0), log=True),
                                  "raw weight of each task (normalised to sum to T)", low=0.0, low_open=True,

@@ -22,6 +22,7 @@ class Uncertainty(Weighting):
     """
 
     name = "uncertainty"
+    capturable = True  # learned log-variances, device ops only: safe to replay from a CUDA graph
 
     def __init__(self, tasks: Sequence[str], *, seed: int = 0) -> None:
         super().__init__(tasks, seed=seed)

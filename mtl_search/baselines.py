@@ -1,0 +1,117 @@
+"""Reference models users would otherwise pick, scored exactly like the networks.
+
+``gbdt``: one gradient-boosted tree model per task (scikit-learn's
+``HistGradientBoostingRegressor`` / ``HistGradientBoostingClassifier`` with
+native categorical support) on the same training rows, the same label masks and
+the same metrics and normalised loss as the networks. It appears in
+``leaderboard.csv`` as the row ``baseline:gbdt``: a reference, never ranked.
+
+Trees see the raw columns (numbers as they are, text as categories), not the
+networks' one-hot encoding; the trees stop early on a slice of the *training*
+rows, so the validation and test splits stay untouched.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from mtl_search.config import ExperimentSpec
+from mtl_search.data import SPLITS, PreparedData, read_table, resolve_columns
+from mtl_search.metrics import BINARY, REGRESSION, evaluate_task
+
+
+class Baseline(ABC):
+    """A reference model family: one model per task, evaluated on the validation and test splits."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def evaluate(self, spec: ExperimentSpec, data: PreparedData, *, seed: int) -> dict[str, float]:
+        """Metrics in the trials' naming: ``valid/<task>/<metric>``, ``test/<task>/<metric>`` (incl. ``nloss``)."""
+
+
+class GBDT(Baseline):
+    """Per-task histogram gradient boosting (scikit-learn), native categorical support."""
+
+    name = "gbdt"
+
+    def __init__(self, *, max_iter: int = 200, learning_rate: float = 0.1) -> None:
+        self.max_iter = max_iter
+        self.learning_rate = learning_rate
+
+    def evaluate(self, spec: ExperimentSpec, data: PreparedData, *, seed: int) -> dict[str, float]:
+        from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+        features = raw_features(spec, data)
+        metrics: dict[str, float] = {}
+        for name, task in data.tasks.items():
+            train = data.splits["train"]
+            labelled = train.mask[name]
+            options: dict[str, Any] = dict(max_iter=self.max_iter, learning_rate=self.learning_rate,
+                                           categorical_features="from_dtype", early_stopping=True,
+                                           random_state=seed)
+            if task.type == REGRESSION:
+                model: Any = HistGradientBoostingRegressor(**options)
+            else:
+                model = HistGradientBoostingClassifier(**options)
+            model.fit(features["train"][labelled], train.y[name][labelled])
+            for split in ("valid", "test"):
+                arrays = data.splits[split]
+                outputs = _outputs(model, features[split], task.type, task.outputs)
+                values = evaluate_task(task.type, outputs, arrays.y[name], arrays.mask[name], target_std=task.std)
+                values["nloss"] = values["loss"] / arrays.trivial_loss[name]
+                metrics.update({f"{split}/{name}/{k}": v for k, v in values.items()})
+        for split in ("valid", "test"):
+            metrics[f"{split}/score"] = float(np.mean([metrics[f"{split}/{t}/nloss"] for t in data.tasks]))
+        return metrics
+
+
+def _outputs(model: Any, features: pd.DataFrame, kind: str, classes: int) -> np.ndarray:
+    """Predictions in the networks' output space: standardised value, logit, or one score per class."""
+    if kind == REGRESSION:
+        return model.predict(features)
+    scores = model.decision_function(features)
+    if kind == BINARY:
+        return np.asarray(scores, dtype=np.float64)
+    # A class missing from a task's labelled training rows gets no column: give it a very low score.
+    full = np.full((len(features), classes), -1e9)
+    full[:, model.classes_.astype(int)] = scores
+    return full
+
+
+def raw_features(spec: ExperimentSpec, data: PreparedData) -> dict[str, pd.DataFrame]:
+    """The table's feature columns per split, numbers as numbers and text as categories (from train)."""
+    frame, builtin_tasks, exclude, origin = read_table(spec.data)
+    _, columns = resolve_columns(spec.data, frame, builtin_tasks, exclude, origin)
+    frame = frame.reset_index(drop=True)[columns]
+    train = frame.iloc[data.rows["train"]]
+    out = {split: frame.iloc[data.rows[split]].copy() for split in SPLITS}
+    for column in columns:
+        if not pd.api.types.is_numeric_dtype(frame[column]) or pd.api.types.is_bool_dtype(frame[column]):
+            categories = sorted(train[column].dropna().astype(str).unique())
+            for split in SPLITS:
+                out[split][column] = pd.Categorical(out[split][column].astype("string").astype(object),
+                                                    categories=categories)
+    return out
+
+
+BASELINES: dict[str, type[Baseline]] = {GBDT.name: GBDT}
+
+
+def make_baseline(name: str) -> Baseline:
+    """Build a registered baseline by name."""
+    try:
+        return BASELINES[name]()
+    except KeyError:
+        raise ValueError(f"unknown baseline {name!r}; valid: {', '.join(sorted(BASELINES))}") from None
+
+
+def baseline_rows(spec: ExperimentSpec, data: PreparedData, names: Sequence[str], *,
+                  seed: int) -> dict[str, Mapping[str, float]]:
+    """``baseline:<name>`` -> its metrics, for every baseline the spec asks for."""
+    return {f"baseline:{name}": make_baseline(name).evaluate(spec, data, seed=seed) for name in names}
