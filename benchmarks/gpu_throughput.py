@@ -264,13 +264,15 @@ def _gpu_utilisation() -> tuple[float, float] | None:
     return util, memory
 
 
-def packing(counts: list[int], device: torch.device, seconds: float, options: TrainSpec) -> pd.DataFrame:
-    """Total throughput of ``n`` concurrent trial processes on ``device``, for each ``n`` in ``counts``."""
+def packing(counts: list[int], device: torch.device, seconds: float, options: TrainSpec, threads: int,
+            ) -> pd.DataFrame:
+    """Total throughput of ``n`` concurrent trial processes on ``device``, for each ``n`` in ``counts``.
+
+    Each process trains with ``threads`` torch threads, as a trial does with that many ``cpus_per_worker``.
+    """
     context = torch.multiprocessing.get_context("spawn")
-    cores = os.cpu_count() or 1
     rows = []
     for n in counts:
-        threads = max(1, cores // n)
         barrier, results = context.Barrier(n + 1), context.Queue()
         workers = [context.Process(target=_trial_worker, args=(rank, str(device), threads, seconds,
                                                                options.model_dump(), barrier, results))
@@ -340,7 +342,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=["reference", "default"], default=["reference", "default"])
     parser.add_argument("--packing", type=int, nargs="+", help="trial processes at once, e.g. 1 2 4 8")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as a trial with "
-                        "cpus_per_worker: 1; packing gives each trial cores / trials)")
+                        "cpus_per_worker: 1; with --packing, per trial process)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not cuda:
@@ -350,7 +352,7 @@ def main() -> None:
     print(machine(device))
     if args.packing:
         print(f"packing: the default spec's seed trial (full fit, 12 epochs), {args.seconds:g} s per count")
-        print(markdown(packing(args.packing, device, args.seconds, TrainSpec(amp=args.amp))))
+        print(markdown(packing(args.packing, device, args.seconds, TrainSpec(amp=args.amp), args.threads)))
         return
 
     on_cuda = device.type == "cuda"
@@ -384,6 +386,7 @@ def main() -> None:
                                    else f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
                                    for k, v in row.items()), flush=True)
     frame = pd.DataFrame(results)
+    frame = frame[[c for c in frame.columns if c != "best project / naive"] + ["best project / naive"]]
     print("\nsamples/s (project/naive: the faster project loop over the naive one)")
     print(markdown(frame))
 

@@ -95,8 +95,10 @@ def raw_features(spec: ExperimentSpec, data: PreparedData) -> dict[str, pd.DataF
         if not pd.api.types.is_numeric_dtype(frame[column]) or pd.api.types.is_bool_dtype(frame[column]):
             categories = sorted(train[column].dropna().astype(str).unique())
             for split in SPLITS:
-                out[split][column] = pd.Categorical(out[split][column].astype("string").astype(object),
-                                                    categories=categories)
+                # A category never seen in training is unknown to the trees: missing, like an empty cell.
+                values = out[split][column].astype("string")
+                values = values.where(values.isin(categories))
+                out[split][column] = pd.Categorical(values.astype(object), categories=categories)
     return out
 
 

@@ -324,7 +324,10 @@ def confirm_table(
         rows.append({"rank": math.nan, "grouping": name, "task": "all", "group": "", "metric": "score",
                      "metric_mean": np.mean(scores), "metric_std": _std(scores), "nloss_mean": np.mean(scores),
                      "nloss_std": _std(scores), "seeds": len(per_seed)})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if "rank" in table:
+        table["rank"] = table["rank"].astype("Int64")  # whole ranks; empty for a reference row
+    return table
 
 
 def _std(values: Sequence[float]) -> float:
