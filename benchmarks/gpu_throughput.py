@@ -100,20 +100,14 @@ def default_spec_trial() -> tuple[PreparedData, TrialParams]:
     return prepare(spec), TrialParams.from_config(config)
 
 
-def build(model: str, rows: int, batch_size: int | None) -> tuple[PreparedData, TrialParams]:
-    """Data and trial for ``model`` (``reference`` or ``default``); ``batch_size`` None keeps the model's own."""
+def build(model: str, rows: int) -> tuple[PreparedData, TrialParams]:
+    """Data and trial for ``model``: ``reference`` (``rows`` synthetic rows) or ``default`` (the spec's data)."""
     if model == "reference":
-        return reference_data(rows), reference_params(batch_size or 8192)
-    data, params = default_spec_trial()
-    return data, (params if batch_size is None else dataclasses.replace(params, batch_size=batch_size))
+        return reference_data(rows), reference_params(8192)
+    return default_spec_trial()
 
 
 # --------------------------------------------------------------------------- the loops
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def naive_samples_per_s(data: PreparedData, params: TrialParams, device: torch.device, seconds: float) -> float:
@@ -309,16 +303,18 @@ def packing(counts: list[int], device: torch.device, seconds: float, options: Tr
 # --------------------------------------------------------------------------- output
 
 
-def markdown(frame: pd.DataFrame) -> str:
-    def cell(value: Any) -> str:
-        if isinstance(value, float):
-            if math.isnan(value):
-                return "n/a"
-            return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
-        return str(value)
+def markdown_cell(value: Any) -> str:
+    """Rates as whole numbers with thousands separators; ratios with two decimals; NaN as n/a."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
+    return str(value)
 
+
+def markdown(frame: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + " --- |" * len(frame.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    lines += ["| " + " | ".join(markdown_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines)
 
 
@@ -367,7 +363,7 @@ def main() -> None:
                          for name, spec in list(variants.items())})
     results = []
     for model in args.models:
-        data, own = build(model, rows, None)
+        data, own = build(model, rows)
         sizes = batch_sizes if model == "reference" else [own.batch_size]
         print(f"{model} model: {data.source}; {data.splits['train'].rows:,} training rows", flush=True)
         for batch_size in sizes:
@@ -382,9 +378,7 @@ def main() -> None:
             best = max(v for k, v in row.items() if k.startswith("project"))
             row["best project / naive"] = best / row["naive"]
             results.append(row)
-            print("  " + ", ".join(f"{k} {v:,.0f}" if isinstance(v, float) and k != "best project / naive"
-                                   else f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
-                                   for k, v in row.items()), flush=True)
+            print("  " + ", ".join(f"{k} {markdown_cell(v)}" for k, v in row.items()), flush=True)
     frame = pd.DataFrame(results)
     frame = frame[[c for c in frame.columns if c != "best project / naive"] + ["best project / naive"]]
     print("\nsamples/s (project/naive: the faster project loop over the naive one)")

@@ -147,8 +147,7 @@ def run_experiment(
             storage.atomic_write_csv(result_dir / storage.CONFIRM_FILE, confirmed)
         wall = time.time() - started
         _write_run_info(result_dir, spec, plan, trials, wall)
-        from mtl_search.report import write_report  # matplotlib only once the tables exist
-        write_report(result_dir, keep_going=True, echo=echo)  # plots/*.png; `mtl-search report` redraws them
+        _draw_plots(result_dir, echo)
     finally:  # after a failure too, so the trials that finished reach shared storage
         storage.publish_results(location, echo=echo)
 
@@ -210,13 +209,24 @@ def confirm_groupings(spec: ExperimentSpec, data: PreparedData, board: pd.DataFr
             configs[group]["head_sizes"] = "" if pd.isna(configs[group]["head_sizes"]) else configs[group]["head_sizes"]
         else:
             configs[group] = search.default_config(spec)
-    jobs = [(group, configs[group], seed) for group in groups for seed in seeds]
+    train_options = {"train_options": spec.train.model_dump()}  # the same speed settings as the search
+    jobs = [(group, {**configs[group], **train_options}, seed) for group in groups for seed in seeds]
     echo(f"confirm: retraining {len(groups)} networks of the top {len(top)} groupings with seeds {seeds} "
          f"({len(jobs)} runs)")
     results = dict(zip([(g, s) for g, _, s in jobs], search.retrain(spec, data, jobs, echo=echo), strict=True))
     references = {f"baseline:{name}": [make_baseline(name).evaluate(spec, data, seed=seed) for seed in seeds]
                   for name in spec.baselines}
     return confirm_table(top, {n: t.type for n, t in data.tasks.items()}, results, seeds, references)
+
+
+def _draw_plots(result_dir: Path, echo: Callable[[str], None]) -> None:
+    """``plots/*.png`` once the tables exist; a plot that cannot be drawn never fails the run's results."""
+    from mtl_search.report import write_report  # matplotlib only now
+
+    try:
+        write_report(result_dir, keep_going=True, echo=echo)
+    except Exception as exc:  # noqa: BLE001 - the CSVs are the results; plots can be redrawn later
+        echo(f"warning: no plots ({type(exc).__name__}: {exc}); `mtl-search report {result_dir}` redraws them")
 
 
 def write_affinity(result_dir: Path, tasks: list[str], affinity: np.ndarray) -> None:

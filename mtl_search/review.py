@@ -143,7 +143,9 @@ def _read_text(location: str, file: str) -> str | None:
 
 def _read_optional_csv(location: str, file: str, **options: Any) -> pd.DataFrame | None:
     text = _read_text(location, file)
-    return None if text is None else pd.read_csv(io.StringIO(text), **options)
+    if text is None or not text.strip():  # absent, or written empty (e.g. no network could be scored)
+        return None
+    return pd.read_csv(io.StringIO(text), **options)
 
 
 def _not_a_result_dir(location: str) -> UserError:

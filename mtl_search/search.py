@@ -281,6 +281,7 @@ def connect_ray(address: str | None = None, *, verbose: bool = False, num_cpus: 
     if not address:
         # A local machine has no spot preemption to watch for: skip the watcher actor each Train run starts.
         env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+        warn_about_other_local_ray()
     ray.init(
         address=address,
         num_cpus=num_cpus,
@@ -288,6 +289,27 @@ def connect_ray(address: str | None = None, *, verbose: bool = False, num_cpus: 
         logging_level=logging.INFO if verbose else logging.WARNING,
         log_to_driver=verbose,
     )
+
+
+def warn_about_other_local_ray() -> None:
+    """Say so when another Ray instance already runs on this machine (before this run starts its own).
+
+    Ray Train's placement-group cleaner finds "its" cluster by address and, with two local
+    instances and no address to tell them apart, fails; a Train trial stopped early then keeps its
+    resources and the search can hang. Measured here with two searches started at once.
+    """
+    import sys
+
+    try:
+        from ray._private.services import find_gcs_addresses  # no public API lists local instances
+        running = find_gcs_addresses()
+    except Exception:  # noqa: BLE001 - only a warning depends on it
+        return
+    if running:
+        print(f"warning: another Ray instance is running on this machine ({', '.join(sorted(running))}). "
+              "Two local Ray instances confuse Ray Train's clean-up and a search may hang: let the other one "
+              "finish, or start one shared instance (`ray start --head`) and pass --address to every run.",
+              file=sys.stderr)
 
 
 def quiet_logs(verbose: bool) -> None:
@@ -339,7 +361,11 @@ def tracking_callbacks(spec: ExperimentSpec, result_dir: Path) -> list[Any]:
             import mlflow  # noqa: F401 - fail here, clearly, rather than inside Tune
             from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-            uri = os.environ.get("MLFLOW_TRACKING_URI") or (result_dir / "mlruns").as_uri()
+            uri = os.environ.get("MLFLOW_TRACKING_URI")
+            if not uri:
+                uri = (result_dir / "mlruns").as_uri()
+                # MLflow 3 keeps its file store but asks for consent; a local folder needs no server.
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
             return [MLflowLoggerCallback(tracking_uri=uri, experiment_name=spec.name)]
         import tensorboardX  # noqa: F401
         from ray.tune.logger import TBXLoggerCallback

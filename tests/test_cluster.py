@@ -95,7 +95,7 @@ def test_submit_wait_runs_the_search_on_a_real_head(local_head: Head, write_spec
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     job_id = done.stdout.splitlines()[0]
     assert job_id.startswith("mtl_search-planted-")
-    assert "[3/3]" in done.stdout and "top groupings" in done.stdout  # the job's log, streamed
+    assert "[3/3, " in done.stdout and "top groupings" in done.stdout  # the job's log, streamed
     assert f"job {job_id}: SUCCEEDED" in done.stderr
 
     board = storage.read_result_csv(tmp_path / "results" / "planted")

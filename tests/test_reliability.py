@@ -76,6 +76,10 @@ def test_a_killed_run_resumes_without_retraining_finished_trials(write_spec, tmp
         for extra in new[len(old):]:
             assert extra["epoch"] == old[-1]["epoch"] and extra["train_loop_s"] == old[-1]["train_loop_s"]
             assert extra["score"] == old[-1]["score"]
+    retrained = sum(len(results_after[t]) > len(results_before[t]) and results_after[t][len(results_before[t])]["epoch"]
+                    > results_before[t][-1]["epoch"] for t in before["trial_id"])
+    print(f"resume: {len(before)} trials finished before the kill, {len(after) - len(before)} after the resume, "
+          f"{retrained} finished trials trained again")  # the figures for the record (pytest -s)
     board = pd.read_csv(out / "leaderboard.csv")
     assert len(board) == 5  # Bell(3): every group was scored
     assert set(pd.read_csv(out / "groups.csv")["group"]) == {"a0", "a1", "a2", "a0+a1", "a0+a2", "a1+a2",
