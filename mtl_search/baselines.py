@@ -40,9 +40,13 @@ class GBDT(Baseline):
 
     name = "gbdt"
 
-    def __init__(self, *, max_iter: int = 200, learning_rate: float = 0.1) -> None:
+    def __init__(self, *, max_iter: int = 200, learning_rate: float = 0.1, l2_regularization: float = 1.0) -> None:
         self.max_iter = max_iter
         self.learning_rate = learning_rate
+        # scikit-learn's default 0 lets a leaf of a rare class take a huge Newton step (its hessian p(1-p) is
+        # ~0): measured on the default spec's 9-class task, one seed in four predicted a test row's true class
+        # with log-loss > 700 and doubled the task's normalised loss. 1.0 stops that and scores better on every seed.
+        self.l2_regularization = l2_regularization
 
     def evaluate(self, spec: ExperimentSpec, data: PreparedData, *, seed: int) -> dict[str, float]:
         from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
@@ -53,6 +57,7 @@ class GBDT(Baseline):
             train = data.splits["train"]
             labelled = train.mask[name]
             options: dict[str, Any] = dict(max_iter=self.max_iter, learning_rate=self.learning_rate,
+                                           l2_regularization=self.l2_regularization,
                                            categorical_features="from_dtype", early_stopping=True,
                                            random_state=seed)
             if task.type == REGRESSION:
