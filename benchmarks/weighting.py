@@ -5,7 +5,7 @@ Two measurements on the same network and data (``builtin:planted``: by default
 two clusters' tasks compete for the shared layer):
 
 1. **time per training step** of every scheme, and its ratio to ``equal``: the
-   trainer's own epoch loop (``mtl_search.train._train_epoch``, so gradient-level
+   trainer's own epoch loop (``mtl_search.train.TrainingLoop.run_epoch``, so gradient-level
    schemes pay for the per-task gradients exactly as in a trial), timed in rounds
    that visit every scheme in turn (a busy machine slows all schemes alike), median
    over rounds;
@@ -32,9 +32,8 @@ import torch
 
 from mtl_search.config import spec_from_dict
 from mtl_search.data import PreparedData, prepare
-from mtl_search.model import MultiTaskNet
-from mtl_search.train import Distributed, TrialParams, _shared_layout, _to_device, _train_epoch, fit
-from mtl_search.weighting import WEIGHTINGS, make_weighting
+from mtl_search.train import TrainingLoop, TrialParams, fit
+from mtl_search.weighting import WEIGHTINGS
 
 
 def planted(rows: int, clusters: int, tasks_per_cluster: int, seed: int) -> PreparedData:
@@ -46,22 +45,12 @@ def planted(rows: int, clusters: int, tasks_per_cluster: int, seed: int) -> Prep
 def step_seconds(data: PreparedData, tasks: list[str], params: TrialParams, device: torch.device, steps: int,
                  seed: int = 0) -> float:
     """Seconds per training step of the trainer's loop: whole epochs, at least ``steps`` steps, after a warm-up."""
-    torch.manual_seed(seed)
-    info = {t: data.tasks[t] for t in tasks}
-    model = MultiTaskNet(data.num_features, {t: i.outputs for t, i in info.items()}, params.architecture()).to(device)
-    weighting = make_weighting(params.weighting, tasks, seed=seed, **params.weighting_params).to(device)
-    optimizer = torch.optim.AdamW([*model.parameters(), *weighting.parameters()], lr=params.lr,
-                                  **({"fused": True} if device.type == "cuda" else {}))
-    train = _to_device(data.splits["train"], tasks, device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    shared = _shared_layout(model, weighting)
-    per_epoch = math.ceil(train.x.shape[0] / params.batch_size)  # as fit: every step a full (or the last) batch
-    epochs = math.ceil(steps / per_epoch)
+    loop = TrainingLoop(data, tasks, params, device=device, seed=seed)
+    epochs = math.ceil(steps / loop.steps)
 
     def run(count: int) -> None:
         for _ in range(count):
-            _train_epoch(model, weighting, optimizer, train, info, params.batch_size, per_epoch, generator,
-                         Distributed(), shared)
+            loop.run_epoch()
 
     run(1)  # warm-up: allocator, kernels, lazy initialisation
     if device.type == "cuda":
@@ -70,7 +59,7 @@ def step_seconds(data: PreparedData, tasks: list[str], params: TrialParams, devi
     run(epochs)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return (time.perf_counter() - started) / (epochs * per_epoch)
+    return (time.perf_counter() - started) / (epochs * loop.steps)
 
 
 def main() -> None:

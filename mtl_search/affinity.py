@@ -32,7 +32,7 @@ from torch.func import functional_call
 from mtl_search.data import PreparedData
 from mtl_search.metrics import masked_loss
 from mtl_search.model import Architecture, MultiTaskNet
-from mtl_search.train import TrialParams
+from mtl_search.train import TrialParams, _to_device
 
 
 def measure_affinity(
@@ -71,10 +71,8 @@ def measure_affinity(
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     step_size = params.lr if lookahead_lr is None else lookahead_lr
     generator = torch.Generator(device=device).manual_seed(seed)
-    split = data.splits["train"]
-    x = torch.as_tensor(split.x, device=device)
-    y = {t: torch.as_tensor(split.y[t], device=device) for t in tasks}
-    mask = {t: torch.as_tensor(split.mask[t], device=device) for t in tasks}
+    train = _to_device(data.splits["train"], tasks, device)
+    x, y, mask = train.x, train.y, train.mask
     shared = dict(model.trunk.named_parameters(prefix="trunk"))
     count = len(tasks)
     totals = torch.zeros(count, count, device=device)

@@ -66,8 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true",
                      help="continue an interrupted run of this spec: finished trials are kept, unfinished ones "
                           "continue from their last checkpoint")
-    run.add_argument("--address", help="Ray cluster address to join (default: start a local Ray)")
-    run.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    _ray_arguments(run)
 
     resume = commands.add_parser(
         "resume", help="continue an interrupted experiment",
@@ -77,8 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "the leaderboard is rebuilt from all trials.",
     )
     resume.add_argument("results_dir", metavar="RESULTS_DIR", help="the experiment's result directory")
-    resume.add_argument("--address", help="Ray cluster address to join (default: start a local Ray)")
-    resume.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    _ray_arguments(resume)
 
     select = commands.add_parser(
         "select", help="choose the best set of networks for an inference budget",
@@ -101,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     _cluster_commands(commands, spec_arguments)
     _review_commands(commands)
     return parser
+
+
+def _ray_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--address`` and ``--verbose``, for the commands that start or join Ray to search."""
+    parser.add_argument("--address", help="Ray cluster address to join (default: start a local Ray)")
+    parser.add_argument("--verbose", action="store_true", help="show Ray's own logs")
 
 
 def _cluster_commands(commands: argparse._SubParsersAction,

@@ -12,6 +12,7 @@ A weighting scheme's own hyperparameters (``dwa.temperature``,
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -416,17 +417,21 @@ def retrain(spec: ExperimentSpec, data: PreparedData, jobs: Sequence[tuple[str, 
     data_ref = DataRef(ray.put(data))
     refs = [task.remote(data_ref, group, config, seed, spec.resources.cpus_per_worker, gpus > 0)
             for group, config, seed in jobs]
+    if echo is None:
+        return ray.get(refs)
     started, pending, width = time.time(), list(refs), len(str(len(refs)))
-    while echo is not None and pending:
+    results: dict[int, dict[str, Any]] = {}
+    while pending:
         finished, pending = ray.wait(pending, num_returns=1)
-        group, _, seed = jobs[refs.index(finished[0])]
-        metrics = ray.get(finished[0])
+        position = refs.index(finished[0])
+        group, _, seed = jobs[position]
+        metrics = results[position] = ray.get(finished[0])
         done, elapsed = len(refs) - len(pending), time.time() - started
         score = metrics.get("score", float("nan"))
-        outcome = f"valid score {score:.4f}" if isinstance(score, float) and score == score else metrics["status"]
+        outcome = f"valid score {score:.4f}" if isinstance(score, float) and math.isfinite(score) else metrics["status"]
         echo(f"  [{done:>{width}}/{len(refs)}] {group:<24} seed {seed}: {outcome} | {_clock(elapsed)} elapsed, "
              f"~{_clock(elapsed / done * len(pending))} left")
-    return ray.get(refs)
+    return [results[position] for position in range(len(refs))]
 
 
 def run_search(

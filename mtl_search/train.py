@@ -498,10 +498,22 @@ class TrainingLoop:
                                          else step)
 
     def run_epoch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """One pass over this worker's shard; the mean loss and mean weight per task (on the device)."""
-        return _train_epoch(self.trainable, self.weighting, self.optimizer, self.train, self.task_info,
-                            self.params.batch_size, self.steps, self.generator, self.distributed, self.shared,
-                            step=self.step)
+        """One pass over this worker's shard; the mean loss and mean weight per task (on the device).
+
+        Each batch goes through the loop's step (eager or replayed from a CUDA graph); with a
+        gradient-level scheme and shared layers the step steers the shared update (:func:`_gradient_step`).
+        """
+        self.trainable.train()
+        rows, batch_size, distributed = self.train.x.shape[0], self.params.batch_size, self.distributed
+        order = torch.randperm(rows, generator=self.generator, device=self.train.x.device)
+        if distributed.world_size > 1:
+            order = order[distributed.rank::distributed.world_size][:self.shard]
+        step = self.step
+        step.loss_sums.zero_()
+        step.weight_sums.zero_()
+        for index in range(self.steps):
+            step(order[index * batch_size:(index + 1) * batch_size])
+        return step.loss_sums / self.steps, step.weight_sums / self.steps
 
     def state(self) -> dict[str, Any]:
         """The training state a checkpoint holds (without the epoch bookkeeping :func:`fit` adds)."""
@@ -614,42 +626,6 @@ def fit(
             report(metrics, state)
         result = FitResult(metrics["status"], epoch + 1, metrics["score"], best_epoch, metrics)
     return result
-
-
-def _train_epoch(
-    model: nn.Module,
-    weighting: Weighting,
-    optimizer: torch.optim.Optimizer,
-    train: _Tensors,
-    task_info: Mapping[str, Any],
-    batch_size: int,
-    steps: int,
-    generator: torch.Generator,
-    distributed: Distributed,
-    shared: _SharedLayout | None = None,
-    *,
-    step: _Step | _GraphStep | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pass over this worker's shard; returns the mean loss and mean weight per task (on the device).
-
-    With ``shared`` (a gradient-level scheme and a group that shares layers) each step
-    goes through :func:`_gradient_step`; otherwise the scheme's combined loss is backpropagated.
-    ``step`` is the loop's step (eager or graph-replayed); without one, an eager float32 step is built.
-    """
-    if step is None:
-        step = _Step(model, weighting, optimizer, train, [info.type for info in task_info.values()],
-                     shared=shared, distributed=distributed)
-    model.train()
-    rows = train.x.shape[0]
-    order = torch.randperm(rows, generator=generator, device=train.x.device)
-    if distributed.world_size > 1:
-        shard = rows // distributed.world_size
-        order = order[distributed.rank::distributed.world_size][:shard]
-    step.loss_sums.zero_()
-    step.weight_sums.zero_()
-    for index in range(steps):
-        step(order[index * batch_size:(index + 1) * batch_size])
-    return step.loss_sums / steps, step.weight_sums / steps
 
 
 @dataclass(frozen=True)
