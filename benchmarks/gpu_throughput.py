@@ -56,11 +56,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mtl_search.config import Domain, TrainSpec, load_spec  # noqa: E402
-from mtl_search.data import PreparedData, SplitArrays, Task, prepare  # noqa: E402
-from mtl_search.metrics import MULTICLASS, masked_loss  # noqa: E402
+from mtl_search.config import TrainSpec  # noqa: E402
+from mtl_search.data import PreparedData, SplitArrays, prepare  # noqa: E402
+from mtl_search.domain import Domain  # noqa: E402
+from mtl_search.encoding import Task  # noqa: E402
+from mtl_search.losses import batch_losses, masked_loss  # noqa: E402
+from mtl_search.metrics import MULTICLASS  # noqa: E402
 from mtl_search.model import MultiTaskNet  # noqa: E402
-from mtl_search.train import TrainingLoop, TrialParams, batch_losses, fit  # noqa: E402
+from mtl_search.spec_file import load_spec  # noqa: E402
+from mtl_search.train import TrainingLoop, fit  # noqa: E402
+from mtl_search.trial import TrialParams  # noqa: E402
 
 DEFAULT_SPEC = ROOT / "search_spaces" / "tabular.yaml"
 

@@ -24,9 +24,9 @@ from typing import Any
 
 import pandas as pd
 
-from mtl_search.config import spec_from_dict
 from mtl_search.experiment import run_experiment
-from mtl_search.search import connect_ray
+from mtl_search.ray_session import connect_ray
+from mtl_search.spec_file import spec_from_dict
 
 PLANTED_SPACE = {"depth": 1, "sharing_depth": 1, "width": 8, "head_sizes": "", "weighting": "equal", "lr": 0.003,
                  "batch_size": 128, "epochs": 40}

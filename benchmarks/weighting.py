@@ -30,9 +30,10 @@ import time
 import pandas as pd
 import torch
 
-from mtl_search.config import spec_from_dict
 from mtl_search.data import PreparedData, prepare
-from mtl_search.train import TrainingLoop, TrialParams, fit
+from mtl_search.spec_file import spec_from_dict
+from mtl_search.train import TrainingLoop, fit
+from mtl_search.trial import TrialParams
 from mtl_search.weighting import WEIGHTINGS
 
 

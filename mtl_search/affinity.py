@@ -30,9 +30,10 @@ import torch
 from torch.func import functional_call
 
 from mtl_search.data import PreparedData
-from mtl_search.metrics import masked_loss
-from mtl_search.model import Architecture, MultiTaskNet
-from mtl_search.train import TrialParams, _to_device
+from mtl_search.losses import masked_loss
+from mtl_search.model import MultiTaskNet
+from mtl_search.step import to_device
+from mtl_search.trial import Architecture, TrialParams
 
 
 def measure_affinity(
@@ -71,7 +72,7 @@ def measure_affinity(
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     step_size = params.lr if lookahead_lr is None else lookahead_lr
     generator = torch.Generator(device=device).manual_seed(seed)
-    train = _to_device(data.splits["train"], tasks, device)
+    train = to_device(data.splits["train"], tasks, device)
     x, y, mask = train.x, train.y, train.mask
     shared = dict(model.trunk.named_parameters(prefix="trunk"))
     count = len(tasks)

@@ -15,14 +15,19 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
-from mtl_search.config import ExperimentSpec
-from mtl_search.data import SPLITS, PreparedData, read_table, resolve_columns
 from mtl_search.metrics import BINARY, REGRESSION, evaluate_task
+from mtl_search.results import NLOSS, TEST, VALID, baseline_label, metric_key, score_key
+
+if TYPE_CHECKING:  # the registry is read by the spec's validation, which must not need the data layer
+    from mtl_search.data import PreparedData
+
+#: Raw feature columns per split (``mtl_search.data.raw_features``).
+RawFeatures = Mapping[str, pd.DataFrame]
 
 
 class Baseline(ABC):
@@ -31,8 +36,14 @@ class Baseline(ABC):
     name: ClassVar[str]
 
     @abstractmethod
-    def evaluate(self, spec: ExperimentSpec, data: PreparedData, *, seed: int) -> dict[str, float]:
-        """Metrics in the trials' naming: ``valid/<task>/<metric>``, ``test/<task>/<metric>`` (incl. ``nloss``)."""
+    def evaluate(self, data: PreparedData, features: RawFeatures, *, seed: int) -> dict[str, float]:
+        """Metrics in the trials' naming (``valid/<task>/<metric>``, ``test/<task>/<metric>``, incl. ``nloss``).
+
+        Args:
+            data: the prepared splits (labels, masks, trivial losses).
+            features: the same rows' raw feature columns.
+            seed: seeds the models.
+        """
 
 
 class GBDT(Baseline):
@@ -48,10 +59,9 @@ class GBDT(Baseline):
         # with log-loss > 700 and doubled the task's normalised loss. 1.0 stops that and scores better on every seed.
         self.l2_regularization = l2_regularization
 
-    def evaluate(self, spec: ExperimentSpec, data: PreparedData, *, seed: int) -> dict[str, float]:
+    def evaluate(self, data: PreparedData, features: RawFeatures, *, seed: int) -> dict[str, float]:
         from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
-        features = raw_features(spec, data)
         metrics: dict[str, float] = {}
         for name, task in data.tasks.items():
             train = data.splits["train"]
@@ -65,14 +75,14 @@ class GBDT(Baseline):
             else:
                 model = HistGradientBoostingClassifier(**options)
             model.fit(features["train"][labelled], train.y[name][labelled])
-            for split in ("valid", "test"):
+            for split in (VALID, TEST):
                 arrays = data.splits[split]
                 outputs = _outputs(model, features[split], task.type, task.outputs)
                 values = evaluate_task(task.type, outputs, arrays.y[name], arrays.mask[name], target_std=task.std)
-                values["nloss"] = values["loss"] / arrays.trivial_loss[name]
-                metrics.update({f"{split}/{name}/{k}": v for k, v in values.items()})
-        for split in ("valid", "test"):
-            metrics[f"{split}/score"] = float(np.mean([metrics[f"{split}/{t}/nloss"] for t in data.tasks]))
+                values[NLOSS] = values["loss"] / arrays.trivial_loss[name]
+                metrics.update({metric_key(split, name, k): v for k, v in values.items()})
+        for split in (VALID, TEST):
+            metrics[score_key(split)] = float(np.mean([metrics[metric_key(split, t, NLOSS)] for t in data.tasks]))
         return metrics
 
 
@@ -89,36 +99,22 @@ def _outputs(model: Any, features: pd.DataFrame, kind: str, classes: int) -> np.
     return full
 
 
-def raw_features(spec: ExperimentSpec, data: PreparedData) -> dict[str, pd.DataFrame]:
-    """The table's feature columns per split, numbers as numbers and text as categories (from train)."""
-    frame, builtin_tasks, exclude, origin = read_table(spec.data)
-    _, columns = resolve_columns(spec.data, frame, builtin_tasks, exclude, origin)
-    frame = frame.reset_index(drop=True)[columns]
-    train = frame.iloc[data.rows["train"]]
-    out = {split: frame.iloc[data.rows[split]].copy() for split in SPLITS}
-    for column in columns:
-        if not pd.api.types.is_numeric_dtype(frame[column]) or pd.api.types.is_bool_dtype(frame[column]):
-            categories = sorted(train[column].dropna().astype(str).unique())
-            for split in SPLITS:
-                # A category never seen in training is unknown to the trees: missing, like an empty cell.
-                values = out[split][column].astype("string")
-                values = values.where(values.isin(categories))
-                out[split][column] = pd.Categorical(values.astype(object), categories=categories)
-    return out
-
-
 BASELINES: dict[str, type[Baseline]] = {GBDT.name: GBDT}
 
 
 def make_baseline(name: str) -> Baseline:
-    """Build a registered baseline by name."""
+    """Build a registered baseline by name.
+
+    Raises:
+        ValueError: ``name`` is not registered (the message lists the valid names).
+    """
     try:
         return BASELINES[name]()
     except KeyError:
         raise ValueError(f"unknown baseline {name!r}; valid: {', '.join(sorted(BASELINES))}") from None
 
 
-def baseline_rows(spec: ExperimentSpec, data: PreparedData, names: Sequence[str], *,
+def baseline_rows(data: PreparedData, features: RawFeatures, names: Sequence[str], *,
                   seed: int) -> dict[str, Mapping[str, float]]:
-    """``baseline:<name>`` -> its metrics, for every baseline the spec asks for."""
-    return {f"baseline:{name}": make_baseline(name).evaluate(spec, data, seed=seed) for name in names}
+    """``baseline:<name>`` (see :func:`mtl_search.results.baseline_label`) -> its metrics, for each of ``names``."""
+    return {baseline_label(name): make_baseline(name).evaluate(data, features, seed=seed) for name in names}

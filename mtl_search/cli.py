@@ -211,7 +211,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _load(args: argparse.Namespace):  # noqa: ANN202 - returns ExperimentSpec
-    from mtl_search.config import load_spec
+    from mtl_search.spec_file import load_spec
 
     return load_spec(args.spec, _overrides(args))
 
@@ -263,7 +263,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_select(args: argparse.Namespace) -> int:
     import json
 
-    from mtl_search.selection import format_selection, read_networks_csv, select_networks
+    from mtl_search.networks_csv import format_selection, read_networks_csv
+    from mtl_search.selection import select_networks
 
     networks, tasks = read_networks_csv(args.networks)
     if args.budget < 0:
@@ -279,13 +280,11 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from mtl_search.data import prepare
-    from mtl_search.experiment import candidate_strategy
-    from mtl_search.search import resolve_num_samples
     from mtl_search.storage import result_location_text
 
     spec = _load(args)
     data = prepare(spec)
-    strategy = candidate_strategy(spec)
+    strategy = spec.grouping.strategy()
     print(data.summary())
     if strategy.needs_affinity:
         print(f"candidate groups ({spec.grouping.candidates}): the singletons plus the groups of the top "
@@ -293,7 +292,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
               f"epochs per trial: {spec.space.max_epochs}; executor: {spec.search.trial_executor}")
     else:
         groups = strategy.propose(list(data.tasks))
-        trials = resolve_num_samples(spec, groups)
+        trials = spec.num_samples(groups)
         print(f"candidate groups ({spec.grouping.candidates}): {len(groups)}; trials: {trials}; "
               f"epochs per trial: {spec.space.max_epochs}; executor: {spec.search.trial_executor}")
     print(f"results would go to {result_location_text(spec)}")

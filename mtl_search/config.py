@@ -1,4 +1,4 @@
-"""The experiment spec: YAML schema, defaults, validation and the resolved copy.
+"""The experiment spec: its schema, defaults in code, validation and the resolved copy.
 
 Defaults live here, in code; a YAML file holds only what differs. Every error
 names the dotted key path (``data.tasks.income.type``) and what is allowed
@@ -7,13 +7,8 @@ there, and unknown keys are errors with a "did you mean" suggestion.
 
 from __future__ import annotations
 
-import difflib
-import math
 import re
-import types
-import typing
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -24,14 +19,23 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
+from mtl_search.baselines import BASELINES
+from mtl_search.domain import (
+    Domain,
+    Interval,
+    ValueCheck,
+    check_head_sizes,
+    format_head_sizes,
+    parse_domain,
+)
 from mtl_search.errors import SpecError
+from mtl_search.grouping import CANDIDATE_STRATEGIES, CandidateStrategy, make_strategy
+from mtl_search.schemes import SCHEMES, parse_scheme_params
 
-TASK_TYPES = ("regression", "binary", "multiclass")
 BUILTIN_PREFIX = "builtin:"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TASK_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -40,118 +44,10 @@ _TASK_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 # --------------------------------------------------------------------------- domains
 
 
-@dataclass(frozen=True)
-class Domain:
-    """One hyperparameter's search domain.
-
-    ``kind`` is ``const`` (a fixed value), ``choice`` (categorical), ``int`` or
-    ``float`` (a closed range, optionally log-uniform).
-    """
-
-    kind: Literal["const", "choice", "int", "float"]
-    values: tuple[Any, ...]
-    log: bool = False
-
-    @classmethod
-    def const(cls, value: Any) -> Domain:
-        return cls("const", (value,))
-
-    @classmethod
-    def choice(cls, *options: Any) -> Domain:
-        return cls("choice", tuple(options))
-
-    @property
-    def is_constant(self) -> bool:
-        return self.kind == "const"
-
-    def candidates(self) -> tuple[Any, ...]:
-        """Every value this domain names explicitly (range ends for ranges)."""
-        return self.values
-
-    def low_high(self) -> tuple[Any, Any]:
-        """The smallest and largest value the domain can produce."""
-        if self.kind in ("int", "float"):
-            return self.values[0], self.values[1]
-        ordered = sorted(self.values)
-        return ordered[0], ordered[-1]
-
-    def default(self) -> Any:
-        """A representative value: the constant, the first choice, or the range's middle."""
-        if self.kind in ("const", "choice"):
-            return self.values[0]
-        low, high = self.values
-        if self.kind == "int":
-            return int(round(math.sqrt(low * high))) if self.log else (low + high) // 2
-        return math.sqrt(low * high) if self.log else (low + high) / 2
-
-    def to_yaml(self) -> Any:
-        if self.kind == "const":
-            return self.values[0]
-        if self.kind == "choice":
-            return {"choice": list(self.values)}
-        out: dict[str, Any] = {self.kind: list(self.values)}
-        if self.log:
-            out["log"] = True
-        return out
-
-
-ValueCheck = Callable[[Any], "str | None"]
-
-
-def _parse_domain(raw: Any, check: ValueCheck) -> Domain:
-    """Turn a YAML value into a :class:`Domain`, checking every value it names."""
-    if isinstance(raw, Domain):
-        domain = raw
-    elif isinstance(raw, dict):
-        kinds = [k for k in ("choice", "int", "float") if k in raw]
-        extra = set(raw) - {"choice", "int", "float", "log"}
-        if len(kinds) != 1 or extra:
-            raise ValueError(
-                "a search domain is a constant, {choice: [...]}, {int: [lo, hi]} or "
-                f"{{float: [lo, hi], log: true}}; got keys {sorted(raw)}"
-            )
-        kind = kinds[0]
-        values = raw[kind]
-        log = raw.get("log", False)
-        if not isinstance(log, bool):
-            raise ValueError(f"'log' must be true or false, got {log!r}")
-        if kind == "choice":
-            if not isinstance(values, list) or not values:
-                raise ValueError("'choice' needs a non-empty list of values")
-            if log:
-                raise ValueError("'log' applies to int and float ranges only")
-            if len(set(map(repr, values))) != len(values):
-                raise ValueError(f"'choice' lists a value twice: {values}")
-            domain = Domain("choice", tuple(values))
-        else:
-            number = int if kind == "int" else (int, float)
-            if (
-                not isinstance(values, list)
-                or len(values) != 2
-                or not all(isinstance(v, number) and not isinstance(v, bool) for v in values)
-            ):
-                raise ValueError(f"'{kind}' needs a list [lo, hi] of two {kind} numbers, got {values!r}")
-            low, high = values
-            if low > high:
-                raise ValueError(f"'{kind}' range [{low}, {high}] has lo > hi")
-            if log and low <= 0:
-                raise ValueError(f"a log range needs lo > 0, got [{low}, {high}]")
-            domain = Domain(kind, (low if kind == "int" else float(low), high if kind == "int" else float(high)),
-                            log)
-    elif isinstance(raw, list):
-        raise ValueError(f"a list is not a domain; to search over values write {{choice: {raw}}}")
-    else:
-        domain = Domain.const(raw)
-    for value in domain.candidates():
-        problem = check(value)
-        if problem:
-            raise ValueError(f"{value!r}: {problem}")
-    return domain
-
-
 def _domain_type(check: ValueCheck, normalise: Callable[[Any], Any] | None = None) -> Any:
+    """A pydantic field type: a :class:`Domain` parsed from YAML, each value checked, written back as YAML."""
     def validate(raw: Any) -> Domain:
-        domain = _parse_domain(raw, check)
+        domain = parse_domain(raw, check)
         if normalise is not None and domain.kind in ("const", "choice"):
             domain = Domain(domain.kind, tuple(normalise(v) for v in domain.values), domain.log)
         return domain
@@ -159,108 +55,13 @@ def _domain_type(check: ValueCheck, normalise: Callable[[Any], Any] | None = Non
     return Annotated[Domain, BeforeValidator(validate), PlainSerializer(lambda d: d.to_yaml())]
 
 
-def _int_at_least(minimum: int) -> ValueCheck:
-    def check(value: Any) -> str | None:
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            return f"must be an integer >= {minimum}"
-        return None
-
-    return check
-
-
-def _float_in(low: float, high: float, *, low_open: bool = False) -> ValueCheck:
-    def check(value: Any) -> str | None:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if ok:
-            ok = (value > low if low_open else value >= low) and value <= high
-        if not ok or not math.isfinite(value):
-            if high == math.inf:
-                return f"must be a finite number {'>' if low_open else '>='} {low:g}"
-            return f"must be a number in {'(' if low_open else '['}{low:g}, {high:g}]"
-        return None
-
-    return check
-
-
-def parse_head_sizes(value: Any) -> tuple[int, ...]:
-    """``"64,32"`` -> ``(64, 32)``; ``""``, ``"none"`` or ``0`` -> no hidden head layer."""
-    if isinstance(value, bool):
-        raise ValueError("head sizes are positive integers joined by commas, e.g. \"64,32\"")
-    if isinstance(value, int):
-        return () if value == 0 else (value,)
-    if not isinstance(value, str):
-        raise ValueError("head sizes are positive integers joined by commas, e.g. \"64,32\"")
-    text = value.strip().lower()
-    if text in ("", "none", "0"):
-        return ()
-    try:
-        sizes = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise ValueError("head sizes are positive integers joined by commas, e.g. \"64,32\"") from None
-    if any(size < 1 for size in sizes):
-        raise ValueError("head sizes must be positive")
-    return sizes
-
-
-def _check_head_sizes(value: Any) -> str | None:
-    try:
-        parse_head_sizes(value)
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
-def _normalise_head_sizes(value: Any) -> str:
-    # Optuna categoricals must be scalars; a canonical string keeps "64, 32" and "64,32" one choice.
-    return ",".join(str(size) for size in parse_head_sizes(value))
-
-
 def _check_weighting(value: Any) -> str | None:
-    from mtl_search.weighting import WEIGHTINGS  # lazy: pulls in torch
-
-    if not isinstance(value, str) or value not in WEIGHTINGS:  # a list or mapping here is a typo too
-        return f"unknown weighting; valid: {', '.join(sorted(WEIGHTINGS))}"
+    if not isinstance(value, str) or value not in SCHEMES:  # a list or mapping here is a typo too
+        return f"unknown weighting; valid: {', '.join(sorted(SCHEMES))}"
     return None
 
 
-_DOMAIN_KEYS = {"choice", "int", "float", "log"}
-
-
-def _parse_weighting_params(raw: Any) -> dict[str, Domain]:
-    """``space.weighting_params``: ``<scheme>.<param>`` -> a constant or a domain, each checked by its scheme.
-
-    Also accepts the nested form ``{dwa: {temperature: ...}}`` (what
-    ``--set space.weighting_params.dwa.temperature=3`` writes).
-    """
-    from mtl_search.weighting import WEIGHTINGS  # lazy: pulls in torch
-
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ValueError("must map <scheme>.<param> to a constant or a domain, e.g. {dwa.temperature: {float: [1, 4]}}")
-    flat: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key in WEIGHTINGS and isinstance(value, dict) and not set(value) & _DOMAIN_KEYS:
-            flat.update({f"{key}.{param}": inner for param, inner in value.items()})
-        else:
-            flat[str(key)] = value
-    valid = sorted(f"{name}.{param}" for name, scheme in WEIGHTINGS.items() for param in scheme.hyperparameters)
-    out: dict[str, Domain] = {}
-    for key, value in flat.items():
-        scheme, _, param = key.partition(".")
-        hyperparameter = WEIGHTINGS[scheme].hyperparameters.get(param) if scheme in WEIGHTINGS else None
-        if hyperparameter is None:
-            hint = difflib.get_close_matches(key, valid, n=1)
-            raise ValueError(f"{key}: unknown scheme parameter; valid: {', '.join(valid)}"
-                             + (f" (did you mean '{hint[0]}'?)" if hint else ""))
-        try:
-            out[key] = value if isinstance(value, Domain) else _parse_domain(value, hyperparameter.check)
-        except ValueError as exc:
-            raise ValueError(f"{key}: {exc}") from None
-    return out
-
-
-_WeightingParams = Annotated[dict[str, Any], BeforeValidator(_parse_weighting_params),
+_WeightingParams = Annotated[dict[str, Any], BeforeValidator(parse_scheme_params),
                              PlainSerializer(lambda params: {key: d.to_yaml() for key, d in params.items()})]
 
 
@@ -389,11 +190,14 @@ class GroupingSpec(_Strict):
     @field_validator("candidates")
     @classmethod
     def _known_strategy(cls, value: str) -> str:
-        from mtl_search.grouping import CANDIDATE_STRATEGIES
-
         if value not in CANDIDATE_STRATEGIES:
             raise ValueError(f"unknown strategy {value!r}; valid: {', '.join(sorted(CANDIDATE_STRATEGIES))}")
         return value
+
+    def strategy(self) -> CandidateStrategy:
+        """The candidate strategy these settings name, with its options."""
+        return make_strategy(self.candidates, max_group_size=self.max_group_size, top_k=self.top_k,
+                             max_groups=self.max_groups)
 
 
 class ConfirmSpec(_Strict):
@@ -403,19 +207,23 @@ class ConfirmSpec(_Strict):
     seeds: int = Field(3, ge=1)
 
 
+_AT_LEAST_1 = Interval("int", 1)
+
+
 class SpaceSpec(_Strict):
     """The per-trial hyperparameters: each a constant or a search domain."""
 
-    depth: _domain_type(_int_at_least(1)) = Domain("int", (1, 3))  # type: ignore[valid-type]
-    sharing_depth: _domain_type(_int_at_least(0)) = Domain("int", (0, 3))  # type: ignore[valid-type]
-    width: _domain_type(_int_at_least(1)) = Domain.choice(64, 128, 256)  # type: ignore[valid-type]
-    head_sizes: _domain_type(_check_head_sizes, _normalise_head_sizes) = Domain.choice("", "32")  # type: ignore[valid-type]
+    depth: _domain_type(_AT_LEAST_1.check) = Domain("int", (1, 3))  # type: ignore[valid-type]
+    sharing_depth: _domain_type(Interval("int", 0).check) = Domain("int", (0, 3))  # type: ignore[valid-type]
+    width: _domain_type(_AT_LEAST_1.check) = Domain.choice(64, 128, 256)  # type: ignore[valid-type]
+    head_sizes: _domain_type(check_head_sizes, format_head_sizes) = Domain.choice("", "32")  # type: ignore[valid-type]
     weighting: _domain_type(_check_weighting) = Domain.choice("equal", "uncertainty", "dwa")  # type: ignore[valid-type]
-    lr: _domain_type(_float_in(0.0, math.inf, low_open=True)) = Domain("float", (1e-4, 1e-2), log=True)  # type: ignore[valid-type]
-    weight_decay: _domain_type(_float_in(0.0, 1.0)) = Domain.const(0.0)  # type: ignore[valid-type]
-    dropout: _domain_type(_float_in(0.0, 0.9)) = Domain.const(0.0)  # type: ignore[valid-type]
-    batch_size: _domain_type(_int_at_least(1)) = Domain.const(512)  # type: ignore[valid-type]
-    epochs: _domain_type(_int_at_least(1)) = Domain.const(20)  # type: ignore[valid-type]
+    lr: _domain_type(Interval("real", 0.0, None, closed="neither").check) = Domain(  # type: ignore[valid-type]
+        "float", (1e-4, 1e-2), log=True)
+    weight_decay: _domain_type(Interval("real", 0.0, 1.0).check) = Domain.const(0.0)  # type: ignore[valid-type]
+    dropout: _domain_type(Interval("real", 0.0, 0.9).check) = Domain.const(0.0)  # type: ignore[valid-type]
+    batch_size: _domain_type(_AT_LEAST_1.check) = Domain.const(512)  # type: ignore[valid-type]
+    epochs: _domain_type(_AT_LEAST_1.check) = Domain.const(20)  # type: ignore[valid-type]
     #: The weighting schemes' own hyperparameters, ``<scheme>.<param>`` -> a constant or a domain
     #: (e.g. ``dwa.temperature: {float: [1, 4]}``), replacing the scheme's default. The search samples
     #: them only in trials that use the scheme; unset ones keep the scheme's default (see README).
@@ -449,11 +257,19 @@ class SpaceSpec(_Strict):
         The schemes' own hyperparameters are in :attr:`weighting_params`: they are
         searched only for the scheme they belong to.
         """
-        return {name: getattr(self, name) for name in type(self).model_fields if name != "weighting_params"}
+        return {name: getattr(self, name) for name in HYPERPARAMETERS}
 
     @property
     def max_epochs(self) -> int:
         return int(self.epochs.values[0])
+
+    def defaults(self) -> dict[str, Any]:
+        """Every hyperparameter at its domain's default (what a group's seed trial uses)."""
+        return {name: domain.default() for name, domain in self.domains().items()}
+
+
+#: The hyperparameters of every trial, in the spec's order (``trials.csv`` and ``groups.csv`` columns).
+HYPERPARAMETERS: tuple[str, ...] = tuple(name for name in SpaceSpec.model_fields if name != "weighting_params")
 
 
 class SchedulerSpec(_Strict):
@@ -541,8 +357,6 @@ class ExperimentSpec(_Strict):
     @field_validator("baselines")
     @classmethod
     def _known_baselines(cls, names: list[str]) -> list[str]:
-        from mtl_search.baselines import BASELINES
-
         unknown = [n for n in names if n not in BASELINES]
         if unknown:
             raise ValueError(f"unknown baseline(s) {', '.join(map(repr, unknown))}; valid: "
@@ -585,10 +399,8 @@ class ExperimentSpec(_Strict):
     def _gradient_weightings_are_single_worker(self) -> ExperimentSpec:
         if self.resources.workers_per_trial == 1:
             return self
-        from mtl_search.weighting import WEIGHTINGS  # lazy: pulls in torch
-
         steering = sorted(str(name) for name in self.space.weighting.candidates()
-                          if WEIGHTINGS[name].needs_task_gradients)
+                          if SCHEMES[name].needs_task_gradients)
         if steering:
             raise ValueError(
                 f"space.weighting may choose {', '.join(steering)}, which set the shared layers' gradient "
@@ -602,21 +414,38 @@ class ExperimentSpec(_Strict):
     def _cuda_graphs_on_is_possible(self) -> ExperimentSpec:
         if self.train.cuda_graphs != "on":
             return self
-        from mtl_search.weighting import WEIGHTINGS  # lazy: pulls in torch
-
         problems = []
         if self.resources.gpus_per_worker == 0:
             problems.append("resources.gpus_per_worker is 0 (a CUDA graph needs a GPU)")
         if self.resources.workers_per_trial != 1:
             problems.append(f"resources.workers_per_trial is {self.resources.workers_per_trial} (captured steps "
                             "are single-worker)")
-        eager = sorted(str(name) for name in self.space.weighting.candidates() if not WEIGHTINGS[name].capturable)
+        eager = sorted(str(name) for name in self.space.weighting.candidates() if not SCHEMES[name].capturable)
         if eager:
             problems.append(f"space.weighting may choose {', '.join(eager)}, whose step runs host-side logic")
         if problems:
             raise ValueError(f"train.cuda_graphs is 'on' but {'; '.join(problems)}: use train.cuda_graphs "
                              "'auto' (capture where possible) or change those settings")
         return self
+
+    def num_samples(self, groups: Sequence[str]) -> int:
+        """``search.num_samples`` for these candidate groups: ``auto`` is twice their number, ``groups`` one each.
+
+        Raises:
+            SpecError: fewer samples than groups (every group needs a seed trial).
+        """
+        requested = self.search.num_samples
+        if requested == "auto":
+            return 2 * len(groups)
+        if requested == "groups":
+            return len(groups)
+        if requested < len(groups):
+            raise SpecError(
+                f"search.num_samples={requested} is smaller than the {len(groups)} candidate groups, and every "
+                f"group needs at least one trial: set search.num_samples >= {len(groups)} (or 'auto'), or "
+                "propose fewer groups (grouping.max_group_size)"
+            )
+        return int(requested)
 
     def result_dir(self) -> Path:
         """``<output>/<name>``, absolute."""
@@ -625,155 +454,3 @@ class ExperimentSpec(_Strict):
     def to_yaml(self) -> str:
         """The resolved spec, every default filled in, as YAML."""
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentSpec:
-    """Read a YAML spec, apply ``--set`` overrides and validate it.
-
-    A relative ``data.source`` path is resolved against the YAML file's folder.
-
-    Raises:
-        SpecError: the file is missing or unreadable, or the spec is invalid.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"spec file {str(path)!r} does not exist; pass the path to a YAML spec such as "
-                        "search_spaces/tabular.yaml")
-    try:
-        with path.open(encoding="utf-8") as stream:  # a stream, so YAML errors name the file
-            raw = yaml.load(stream, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"cannot read spec file {str(path)!r}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise SpecError(
-            f"{path}: the spec must be a mapping of keys (name, data, space, ...), got {type(raw).__name__}"
-        )
-    raw = apply_overrides(raw, overrides)
-    return spec_from_dict(raw, base_dir=path.resolve().parent, origin=str(path))
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
-
-
-def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        try:
-            hash(key)
-        except TypeError:
-            raise yaml.constructor.ConstructorError(
-                "while constructing a mapping", node.start_mark,
-                f"a key must be a plain value (a word or a number), not a {type(key).__name__}",
-                key_node.start_mark) from None
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"key {key!r} appears twice in one mapping (lines {seen[key] + 1} and "
-                f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark)
-        seen[key] = key_node.start_mark.line
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
-
-
-def spec_from_dict(raw: dict[str, Any], *, base_dir: Path | None = None, origin: str = "spec") -> ExperimentSpec:
-    """Validate a spec given as a dict (already parsed YAML)."""
-    try:
-        spec = ExperimentSpec.model_validate(raw)
-    except ValidationError as exc:
-        lines = [format_error(error) for error in exc.errors()]
-        raise SpecError(f"invalid spec {origin}:\n  - " + "\n  - ".join(lines)) from None
-    source = spec.data.source
-    if not source.startswith(BUILTIN_PREFIX) and "://" not in source:
-        resolved = Path(source).expanduser()
-        if not resolved.is_absolute() and base_dir is not None:
-            resolved = base_dir / resolved
-        spec = spec.model_copy(update={"data": spec.data.model_copy(update={"source": str(resolved.resolve())})})
-    return spec
-
-
-def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``dotted.key=value`` overrides (values parsed as YAML) to a copy of ``raw``."""
-    import copy
-
-    out = copy.deepcopy(raw)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise SpecError(f"--set {item!r}: expected dotted.key=value, e.g. --set search.num_samples=4")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise SpecError(f"--set {item!r}: the value is not valid YAML: {exc}") from None
-        parts = key.strip().split(".")
-        if not all(part.strip() for part in parts):
-            raise SpecError(f"--set {item!r}: {key.strip()!r} has an empty part; write the dotted path, "
-                            "e.g. space.width")
-        node = out
-        for depth, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if not isinstance(child, dict):
-                if child is not None:
-                    where = ".".join(parts[: depth + 1])
-                    raise SpecError(f"--set {item!r}: {where} holds a value, not a mapping of keys")
-                child = node[part] = {}
-            node = child
-        node[parts[-1]] = value
-    return out
-
-
-def format_error(error: dict[str, Any]) -> str:
-    """One readable line for a pydantic error: dotted path, problem, allowed values."""
-    loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and "[" in part))
-    path = ".".join(str(part) for part in loc) or "(top level)"
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
-        hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        text = f"{path}: unknown key; allowed here: {', '.join(allowed)}"
-        return text + (f" (did you mean '{hint[0]}'?)" if hint else "")
-    if kind == "missing":
-        return f"{path}: required key is missing"
-    message = error["msg"].removeprefix("Value error, ")
-    if not loc:  # a check across keys: its message names them itself
-        return message
-    if kind in ("value_error", "assertion_error") or "input" not in error:
-        return f"{path}: {message}"
-    return f"{path}: {message} (got {error['input']!r})"
-
-
-def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
-    """The field names of the model found by walking ``loc`` from the top-level spec."""
-    node: Any = ExperimentSpec
-    for part in loc:
-        node = _unwrap(node)
-        if isinstance(node, type) and issubclass(node, BaseModel):
-            field = node.model_fields.get(str(part))
-            if field is None:
-                return []
-            node = field.annotation
-        elif typing.get_origin(node) is dict:
-            node = typing.get_args(node)[1]
-        else:
-            return []
-    node = _unwrap(node)
-    if isinstance(node, type) and issubclass(node, BaseModel):
-        return list(node.model_fields)
-    return []
-
-
-def _unwrap(annotation: Any) -> Any:
-    """Strip ``X | None`` down to ``X``."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
-        return args[0]
-    return annotation

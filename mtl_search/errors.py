@@ -1,8 +1,15 @@
-"""Error types that separate the user's mistakes from ours.
+"""Error types that separate the user's mistakes from ours, and the two styles of their messages.
 
 The CLI maps :class:`UserError` (and its subclasses) to exit code 2 and prints
-only the message, which must say what is wrong, where, and how to fix it.
-Anything else is an internal failure (exit code 1, traceback kept).
+only the message; anything else is an internal failure (exit code 1, traceback kept).
+
+* A **user error** (bad spec, data, result directory or argument) says where, what,
+  the valid values and how to fix it, in that order:
+  ``data.tasks.income.column: column 'incme' not found in census.csv (close: income); ...``.
+  The spec's validators raise ``ValueError`` with the part after the key path; the
+  loader adds the dotted path and raises :class:`SpecError`.
+* A **programmer error** (a library function called with a bad argument) follows
+  Optuna's style, naming the argument and its value: ``depth must be >= 1, but got self.depth=0.``
 """
 
 from __future__ import annotations
@@ -26,3 +33,7 @@ class ResultsExistError(UserError):
 
 class ResultsMissingError(UserError):
     """There are no results where a command expects them (e.g. nothing to resume)."""
+
+
+class ClusterError(UserError):
+    """The cluster cannot be reached, refuses us, or does not know the job."""

@@ -11,19 +11,19 @@ import platform
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from mtl_search import __version__, storage
-from mtl_search.baselines import baseline_rows, make_baseline
-from mtl_search.config import ExperimentSpec, TaskSpec
-from mtl_search.data import PreparedData, prepare
+from mtl_search.baselines import RawFeatures, baseline_rows
+from mtl_search.config import HYPERPARAMETERS, ExperimentSpec, TaskSpec
+from mtl_search.data import PreparedData, prepare, raw_features
 from mtl_search.errors import ResultsMissingError
-from mtl_search.grouping import CandidateStrategy, make_strategy
+from mtl_search.grouping import grouping_groups
 from mtl_search.leaderboard import (
-    HYPERPARAMETERS,
     add_baseline_rows,
     add_estimates,
     best_per_group,
@@ -32,6 +32,14 @@ from mtl_search.leaderboard import (
     rank_groupings,
     selection_csv,
 )
+from mtl_search.plots import plot_affinity
+from mtl_search.ray_session import connect_ray, resolve_gpus, tracking_callbacks
+from mtl_search.ray_tasks import retrain, run_affinity
+from mtl_search.report import write_report
+from mtl_search.results import AFFINITY_PNG, OK_STATUSES, for_csv
+from mtl_search.search import SearchPlan, run_search
+from mtl_search.spec_file import load_spec
+from mtl_search.trial import TrialSettings
 
 Echo = Callable[[str], None]
 
@@ -47,18 +55,6 @@ class ExperimentResult:
     wall_s: float
 
 
-def candidate_strategy(spec: ExperimentSpec) -> CandidateStrategy:
-    """The spec's candidate strategy with its options."""
-    grouping = spec.grouping
-    return make_strategy(grouping.candidates, max_group_size=grouping.max_group_size, top_k=grouping.top_k,
-                         max_groups=grouping.max_groups)
-
-
-def candidate_groups(spec: ExperimentSpec, data: PreparedData, affinity: np.ndarray | None = None) -> list[str]:
-    """The groups the search will train, from the spec's candidate strategy."""
-    return candidate_strategy(spec).propose(list(data.tasks), affinity)
-
-
 def resolved_spec(spec: ExperimentSpec, data: PreparedData) -> ExperimentSpec:
     """The spec with the tasks that were actually used written out (a builtin's defaults included)."""
     tasks = {name: TaskSpec(column=t.column, type=t.type, positive=list(t.positive) or None)  # type: ignore[arg-type]
@@ -71,15 +67,15 @@ def write_tables(result_dir: Path, trials: pd.DataFrame, data: PreparedData, gro
                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write ``groups.csv`` (trained and estimated groups), ``leaderboard.csv`` and ``selection.csv``."""
     task_types = {name: task.type for name, task in data.tasks.items()}
-    strategy = candidate_strategy(spec)
+    strategy = spec.grouping.strategy()
     by_group = best_per_group(trials, task_types, groups)
     by_group = add_estimates(by_group, task_types, lambda trained: strategy.estimate(list(task_types), trained))
     board = rank_groupings(by_group, task_types, max_groups=spec.grouping.max_groups, cost=spec.grouping.cost)
     board = add_baseline_rows(board, task_types, baselines or {}, cost=spec.grouping.cost)
-    storage.atomic_write_csv(result_dir / storage.GROUPS_FILE, by_group)
-    storage.atomic_write_csv(result_dir / storage.LEADERBOARD_FILE, board)
-    storage.atomic_write_csv(result_dir / storage.SELECTION_FILE, selection_csv(by_group, task_types,
-                                                                                  cost=spec.grouping.cost))
+    storage.atomic_write_csv(result_dir / storage.GROUPS_FILE, for_csv(by_group))
+    storage.atomic_write_csv(result_dir / storage.LEADERBOARD_FILE, for_csv(board))
+    storage.atomic_write_csv(result_dir / storage.SELECTION_FILE,
+                             for_csv(selection_csv(by_group, task_types, cost=spec.grouping.cost)))
     return by_group, board
 
 
@@ -106,14 +102,12 @@ def run_experiment(
     Raises:
         UserError: the spec, the data or the result directory is unusable (before any training).
     """
-    from mtl_search import search  # Ray is imported only when a search actually runs
-
     started = time.time()
     data = prepare(spec)
-    strategy = candidate_strategy(spec)
+    strategy = spec.grouping.strategy()
     if not strategy.needs_affinity:  # check the budget before anything is written
-        search.resolve_num_samples(spec, strategy.propose(list(data.tasks)))
-    search.tracking_callbacks(spec, spec.result_dir())  # a missing tracking package fails before anything runs
+        spec.num_samples(strategy.propose(list(data.tasks)))
+    tracking_callbacks(spec, spec.result_dir())  # a missing tracking package fails before anything runs
     if resume:
         location = storage.results_to_resume(spec)
     else:
@@ -122,36 +116,37 @@ def run_experiment(
         storage.atomic_write_text(location.path / storage.CONFIG_FILE, resolved_spec(spec, data).to_yaml())
     result_dir = location.path
     echo(data.summary())
-    search.connect_ray(address, verbose=verbose)
+    connect_ray(address, verbose=verbose)
+    settings = TrialSettings.from_spec(spec, gpus_per_worker=resolve_gpus(spec),
+                                       train_storage=str(result_dir / storage.TRAIN_DIR))
     affinity = None
     if strategy.needs_affinity:
         if resume and (result_dir / storage.AFFINITY_FILE).exists():
             affinity = pd.read_csv(result_dir / storage.AFFINITY_FILE, index_col=0).to_numpy(dtype=float)
         else:
-            affinity = search.measure_affinity(spec, data, echo=echo)
+            affinity = run_affinity(spec, data, settings, echo=echo)
             write_affinity(result_dir, list(data.tasks), affinity)
     groups = strategy.propose(list(data.tasks), affinity)
-    num_samples = search.resolve_num_samples(spec, groups)
-
-    plan = search.SearchPlan(groups=groups, num_samples=num_samples, gpus_per_worker=search.resolve_gpus(spec))
-    echo(f"search: {len(groups)} candidate groups, {num_samples} trials, {spec.search.max_concurrent_trials} at a "
-         f"time, executor {spec.search.trial_executor}, {plan.gpus_per_worker:g} GPU per worker")
+    plan = SearchPlan(groups=groups, num_samples=spec.num_samples(groups), settings=settings)
+    echo(f"search: {len(groups)} candidate groups, {plan.num_samples} trials, {spec.search.max_concurrent_trials} "
+         f"at a time, executor {spec.search.trial_executor}, {settings.gpus_per_worker:g} GPU per worker")
     echo(f"results: {location}")
     try:
-        trials = search.run_search(spec, data, plan, result_dir, echo=echo, verbose=verbose, resume=resume)
-        baselines = baseline_rows(spec, data, spec.baselines, seed=spec.seed)
+        trials = run_search(spec, data, plan, result_dir, echo=echo, verbose=verbose, resume=resume)
+        features = raw_features(spec.data, data) if spec.baselines else {}  # read once, for every baseline fit
+        baselines = baseline_rows(data, features, spec.baselines, seed=spec.seed)
         by_group, board = write_tables(result_dir, trials, data, groups, spec, baselines)
         if spec.confirm is not None:
-            confirmed = confirm_groupings(spec, data, board, by_group, trials, confirm_seeds(spec),
-                                          top_k=spec.confirm.top_k, echo=echo)
-            storage.atomic_write_csv(result_dir / storage.CONFIRM_FILE, confirmed)
+            confirmed = confirm_groupings(spec, data, features, settings, board, by_group, trials,
+                                          confirm_seeds(spec), top_k=spec.confirm.top_k, echo=echo)
+            storage.atomic_write_csv(result_dir / storage.CONFIRM_FILE, for_csv(confirmed))
         wall = time.time() - started
         _write_run_info(result_dir, spec, plan, trials, wall)
         _draw_plots(result_dir, echo)
     finally:  # after a failure too, so the trials that finished reach shared storage
         storage.publish_results(location, echo=echo)
 
-    failed = int((~trials["status"].isin(("completed", "stopped"))).sum()) if len(trials) else 0
+    failed = int((~trials["status"].isin(OK_STATUSES)).sum()) if len(trials) else 0
     echo("")
     echo(f"{len(trials)} trials in {wall / 60:.1f} min ({failed} failed); top groupings "
          "(ranked by validation; test_score is held-out):")
@@ -167,8 +162,6 @@ def resume_experiment(result_dir: Path, *, address: str | None = None, verbose: 
     Raises:
         UserError: ``result_dir`` holds no experiment to resume.
     """
-    from mtl_search.config import load_spec
-
     result_dir = Path(result_dir).expanduser().resolve()
     config = result_dir / storage.CONFIG_FILE
     if not config.is_file():
@@ -180,21 +173,21 @@ def resume_experiment(result_dir: Path, *, address: str | None = None, verbose: 
 
 
 def confirm_seeds(spec: ExperimentSpec) -> list[int]:
-    """Fresh seeds for confirmation: never the search's own seed."""
-    assert spec.confirm is not None
+    """Fresh seeds for confirmation (``confirm.seeds`` of them; none without ``confirm``): never the search's own."""
+    if spec.confirm is None:
+        return []
     return [spec.seed + 1 + k for k in range(spec.confirm.seeds)]
 
 
-def confirm_groupings(spec: ExperimentSpec, data: PreparedData, board: pd.DataFrame, by_group: pd.DataFrame,
-                      trials: pd.DataFrame, seeds: list[int], *, top_k: int, echo: Echo = print) -> pd.DataFrame:
+def confirm_groupings(spec: ExperimentSpec, data: PreparedData, features: RawFeatures, settings: TrialSettings,
+                      board: pd.DataFrame, by_group: pd.DataFrame, trials: pd.DataFrame, seeds: list[int], *,
+                      top_k: int, echo: Echo = print) -> pd.DataFrame:
     """Retrain the networks of the ``top_k`` groupings with ``seeds`` and tabulate their **test** metrics.
 
     A trained group is retrained from its best trial's hyperparameters; an estimated
-    group (never trained) from the space's defaults, as a seed trial would be.
+    group (never trained) from the space's defaults, as a seed trial would be. The
+    spec's baselines are refitted with the same seeds (on ``features``, their raw columns).
     """
-    from mtl_search import search
-    from mtl_search.grouping import grouping_groups
-
     ranked = board[~board["baseline"].astype(bool)] if "baseline" in board else board
     top = ranked.head(top_k)
     groups = sorted({g for grouping in top["grouping"] for g in grouping_groups(str(grouping))})
@@ -208,21 +201,18 @@ def confirm_groupings(spec: ExperimentSpec, data: PreparedData, board: pd.DataFr
             configs[group] = {k: row[k] for k in row.index if k in HYPERPARAMETERS or ("." in k and pd.notna(row[k]))}
             configs[group]["head_sizes"] = "" if pd.isna(configs[group]["head_sizes"]) else configs[group]["head_sizes"]
         else:
-            configs[group] = search.default_config(spec)
-    train_options = {"train_options": spec.train.model_dump()}  # the same speed settings as the search
-    jobs = [(group, {**configs[group], **train_options}, seed) for group in groups for seed in seeds]
+            configs[group] = spec.space.defaults()
+    jobs = [(group, configs[group], seed) for group in groups for seed in seeds]
     echo(f"confirm: retraining {len(groups)} networks of the top {len(top)} groupings with seeds {seeds} "
          f"({len(jobs)} runs)")
-    results = dict(zip([(g, s) for g, _, s in jobs], search.retrain(spec, data, jobs, echo=echo), strict=True))
-    references = {f"baseline:{name}": [make_baseline(name).evaluate(spec, data, seed=seed) for seed in seeds]
-                  for name in spec.baselines}
+    results = dict(zip([(g, s) for g, _, s in jobs], retrain(data, jobs, settings, echo=echo), strict=True))
+    per_seed = [baseline_rows(data, features, spec.baselines, seed=seed) for seed in seeds]
+    references = {label: [rows[label] for rows in per_seed] for label in (per_seed[0] if per_seed else {})}
     return confirm_table(top, {n: t.type for n, t in data.tasks.items()}, results, seeds, references)
 
 
 def _draw_plots(result_dir: Path, echo: Callable[[str], None]) -> None:
     """``plots/*.png`` once the tables exist; a plot that cannot be drawn never fails the run's results."""
-    from mtl_search.report import write_report  # matplotlib only now
-
     try:
         write_report(result_dir, keep_going=True, echo=echo)
     except Exception as exc:  # noqa: BLE001 - the CSVs are the results; plots can be redrawn later
@@ -231,23 +221,18 @@ def _draw_plots(result_dir: Path, echo: Callable[[str], None]) -> None:
 
 def write_affinity(result_dir: Path, tasks: list[str], affinity: np.ndarray) -> None:
     """``affinity.csv`` (row = the task whose step is taken, column = the task it affects) and its heatmap."""
-    from mtl_search.report import plot_affinity
-
     frame = pd.DataFrame(affinity, index=pd.Index(tasks, name="source"), columns=tasks)
     storage.atomic_write_text(result_dir / storage.AFFINITY_FILE, frame.to_csv())
-    plot_affinity(frame, result_dir / storage.PLOTS_DIR / "affinity.png")
+    plot_affinity(frame, result_dir / storage.PLOTS_DIR / AFFINITY_PNG)
 
 
-def _write_run_info(result_dir: Path, spec: ExperimentSpec, plan: object, trials: pd.DataFrame,
+def _write_run_info(result_dir: Path, spec: ExperimentSpec, plan: SearchPlan, trials: pd.DataFrame,
                     wall: float) -> None:
-    import ray
-    import torch
-
-    ok = trials[trials["status"].isin(("completed", "stopped"))] if len(trials) else trials
+    ok = trials[trials["status"].isin(OK_STATUSES)] if len(trials) else trials
     info = {
         "mtl_search_version": __version__,
-        "ray_version": ray.__version__,
-        "torch_version": torch.__version__,
+        "ray_version": version("ray"),
+        "torch_version": version("torch"),
         "python": platform.python_version(),
         "host": platform.node(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -255,7 +240,7 @@ def _write_run_info(result_dir: Path, spec: ExperimentSpec, plan: object, trials
         "trials": len(trials),
         "trials_failed": int(len(trials) - len(ok)),
         "trial_executor": spec.search.trial_executor,
-        "gpus_per_worker": getattr(plan, "gpus_per_worker", None),
+        "gpus_per_worker": plan.settings.gpus_per_worker,
         "median_trial_wall_s": _median(ok, "wall_s"),
         "median_train_loop_s": _median(ok, "train_loop_s"),
         "median_overhead_s": _median(ok, "overhead_s"),

@@ -23,7 +23,7 @@ def group_id(tasks: Iterable[str]) -> str:
     """Canonical id of a group: sorted task names joined by ``+``."""
     names = sorted(set(tasks))
     if not names:
-        raise ValueError("a group needs at least one task")
+        raise ValueError(f"tasks must hold at least one task name, but got {names=}.")
     return GROUP_SEP.join(names)
 
 
@@ -151,7 +151,8 @@ class Affinity(CandidateStrategy):
 
     def propose(self, tasks: Sequence[str], affinity: np.ndarray | None = None) -> list[str]:
         if affinity is None:
-            raise ValueError("the affinity strategy needs the measured affinity matrix")
+            raise ValueError("affinity must be the measured T x T matrix for the affinity strategy, "
+                             "but got affinity=None.")
         ranked = top_affinity_groupings(tasks, affinity, self.top_k, max_group_size=self.max_group_size,
                                         max_groups=self.max_groups)
         singles = [group_id([t]) for t in tasks]

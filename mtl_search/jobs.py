@@ -45,8 +45,9 @@ from typing import Any
 import yaml
 
 from mtl_search import __version__, storage
-from mtl_search.config import BUILTIN_PREFIX, ExperimentSpec, apply_overrides, load_spec
-from mtl_search.errors import DataError, SpecError, UserError
+from mtl_search.config import BUILTIN_PREFIX, ExperimentSpec
+from mtl_search.errors import ClusterError, DataError, SpecError
+from mtl_search.spec_file import apply_overrides, load_spec
 
 #: Where an address comes from when ``--address`` is not given, in Ray's order.
 ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
@@ -68,10 +69,6 @@ TOKEN_HINT = (
 )
 
 Echo = Callable[[str], None]
-
-
-class ClusterError(UserError):
-    """The cluster cannot be reached, refuses us, or does not know the job."""
 
 
 def _stderr(message: str) -> None:

@@ -8,7 +8,7 @@ Honesty rules kept here:
   **test** split, which chose nothing.
 * Failed trials (error, diverged) never score; the leaderboard says how many there were.
 
-Pure pandas: no Ray, no torch.
+Pandas: no Ray, no torch. Column names and statuses are :mod:`mtl_search.results`'s.
 """
 
 from __future__ import annotations
@@ -20,14 +20,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mtl_search.config import HYPERPARAMETERS
 from mtl_search.grouping import best_partitions, group_id, group_tasks, grouping_groups, grouping_id
-from mtl_search.metrics import PRIMARY_METRIC
+from mtl_search.results import (
+    NLOSS,
+    OK_STATUSES,
+    TEST,
+    VALID,
+    Status,
+    column,
+    headline,
+    is_task_key,
+    key_column,
+    metric_key,
+    score_key,
+)
+from mtl_search.selection import Network, budgets_for, selection_table
 
-HYPERPARAMETERS = ("depth", "sharing_depth", "width", "head_sizes", "weighting", "lr", "weight_decay",
-                   "dropout", "batch_size", "epochs")
 TRIAL_COLUMNS = ("trial_id", "group", "n_tasks", "status", "reason", *HYPERPARAMETERS, "epochs_run",
                  "best_epoch", "score", "test_score", "params", "threads", "wall_s", "train_loop_s", "overhead_s")
-OK_STATUSES = ("completed", "stopped")
 INFERENCE_COSTS = ("networks", "params")
 #: The most groupings ``leaderboard.csv`` lists (all of them up to 7 tasks: Bell(7) = 877).
 LEADERBOARD_LIMIT = 1000
@@ -51,16 +62,16 @@ def trial_row(
     row: dict[str, Any] = {"trial_id": trial_id, "group": group, "n_tasks": len(group_tasks(group)) if group else 0}
     epochs_run = int(result.get("epoch", 0) or 0)
     if error:
-        status, reason = "error", error.strip().splitlines()[-1][:500] if error.strip() else "error"
-    elif result.get("status") == "diverged":
-        status, reason = "diverged", str(result.get("reason", ""))
+        status, reason = Status.ERROR, error.strip().splitlines()[-1][:500] if error.strip() else "error"
+    elif result.get("status") == Status.DIVERGED:
+        status, reason = Status.DIVERGED, str(result.get("reason", ""))
     elif not result:
-        status, reason = "error", "the trial reported no result"
+        status, reason = Status.ERROR, "the trial reported no result"
     elif epochs_run >= max_epochs:
-        status, reason = "completed", ""
+        status, reason = Status.COMPLETED, ""
     else:
-        status, reason = "stopped", f"early-stopped after {epochs_run} of {max_epochs} epochs"
-    row.update(status=status, reason=reason)
+        status, reason = Status.STOPPED, f"early-stopped after {epochs_run} of {max_epochs} epochs"
+    row.update(status=status.value, reason=reason)
     for name in HYPERPARAMETERS:
         row[name] = config.get(name)
     for key, value in config.items():  # the chosen weighting scheme's own: <scheme>.<param>
@@ -74,7 +85,7 @@ def trial_row(
         epochs_run=epochs_run,
         best_epoch=result.get("best_epoch", math.nan),
         score=result.get("score", math.nan) if status in OK_STATUSES else math.nan,
-        test_score=result.get("test/score", math.nan) if status in OK_STATUSES else math.nan,
+        test_score=result.get(score_key(TEST), math.nan) if status in OK_STATUSES else math.nan,
         params=result.get("params", math.nan),
         threads=result.get("threads", math.nan),
         wall_s=wall,
@@ -82,8 +93,8 @@ def trial_row(
         overhead_s=wall - loop,
     )
     for key, value in result.items():
-        if key.startswith(("valid/", "test/", "train_loss/", "weight/")) and key != "test/score":
-            row[key.replace("/", "_")] = value
+        if is_task_key(key):
+            row[key_column(key)] = value
     return row
 
 
@@ -98,7 +109,7 @@ def trials_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def _primary(task_types: Mapping[str, str]) -> dict[str, str]:
-    return {task: PRIMARY_METRIC[kind].name for task, kind in task_types.items()}
+    return {task: headline(kind) for task, kind in task_types.items()}
 
 
 def best_per_group(trials: pd.DataFrame, task_types: Mapping[str, str], groups: Sequence[str]) -> pd.DataFrame:
@@ -122,10 +133,10 @@ def best_per_group(trials: pd.DataFrame, task_types: Mapping[str, str], groups: 
                        params=best["params"])
             row.update({name: best[name] for name in HYPERPARAMETERS})
             for task in group_tasks(group):
-                for split in ("valid", "test"):
-                    for metric in ("nloss", primary[task]):
-                        column = f"{split}_{task}_{metric}"
-                        row[column] = best.get(column, math.nan)
+                for split in (VALID, TEST):
+                    for metric in (NLOSS, primary[task]):
+                        name = column(split, task, metric)
+                        row[name] = best.get(name, math.nan)
         else:
             row.update(best_trial=None, valid_score=math.nan, test_score=math.nan, params=math.nan)
         rows.append(row)
@@ -148,8 +159,8 @@ def add_estimates(groups: pd.DataFrame, task_types: Mapping[str, str],
     validation and test normalised loss and the test headline metric.
     """
     primary = _primary(task_types)
-    columns = {"valid_nloss": lambda t: f"valid_{t}_nloss", "test_nloss": lambda t: f"test_{t}_nloss",
-               "test_metric": lambda t: f"test_{t}_{primary[t]}"}
+    columns = {"valid_nloss": lambda t: column(VALID, t, NLOSS), "test_nloss": lambda t: column(TEST, t, NLOSS),
+               "test_metric": lambda t: column(TEST, t, primary[t])}
     estimates = {name: estimate(task_values(groups, column)) for name, column in columns.items()}
     rows = []
     for group, valid in estimates["valid_nloss"].items():
@@ -159,9 +170,9 @@ def add_estimates(groups: pd.DataFrame, task_types: Mapping[str, str],
                                "test_score": float(np.mean(list(estimates["test_nloss"][group].values()))),
                                "params": math.nan}
         for task in valid:
-            row[f"valid_{task}_nloss"] = valid[task]
-            row[f"test_{task}_nloss"] = estimates["test_nloss"][group][task]
-            row[f"test_{task}_{primary[task]}"] = estimates["test_metric"][group][task]
+            row[column(VALID, task, NLOSS)] = valid[task]
+            row[column(TEST, task, NLOSS)] = estimates["test_nloss"][group][task]
+            row[column(TEST, task, primary[task])] = estimates["test_metric"][group][task]
         rows.append(row)
     return pd.concat([groups, pd.DataFrame(rows)], ignore_index=True) if rows else groups
 
@@ -194,11 +205,11 @@ def rank_groupings(
     tasks = list(task_types)
     primary = _primary(task_types)
     columns = board_columns(task_types)
-    valid = task_values(groups, lambda t: f"valid_{t}_nloss")
+    valid = task_values(groups, lambda t: column(VALID, t, NLOSS))
     if not valid:
         return pd.DataFrame(columns=columns)
-    test = task_values(groups, lambda t: f"test_{t}_nloss")
-    metric = task_values(groups, lambda t: f"test_{t}_{primary[t]}")
+    test = task_values(groups, lambda t: column(TEST, t, NLOSS))
+    metric = task_values(groups, lambda t: column(TEST, t, primary[t]))
     info = groups.drop_duplicates("group").set_index("group")
 
     def row_of(partition: tuple[str, ...]) -> dict[str, Any]:
@@ -213,7 +224,7 @@ def rank_groupings(
         }
         for group in partition:
             for task, value in metric[group].items():
-                row[f"test_{task}_{primary[task]}"] = value
+                row[column(TEST, task, primary[task])] = value
         return row
 
     ranked = best_partitions(tasks, valid, limit, max_groups=max_groups)
@@ -232,7 +243,7 @@ def board_columns(task_types: Mapping[str, str]) -> list[str]:
     """The columns of ``leaderboard.csv``, in order."""
     primary = _primary(task_types)
     return ["rank", "grouping", "n_groups", "valid_score", "score", "delta_vs_single_task_pct",
-            *[f"test_{t}_{primary[t]}" for t in task_types], "params", "inference_cost", "estimated", "baseline"]
+            *[column(TEST, t, primary[t]) for t in task_types], "params", "inference_cost", "estimated", "baseline"]
 
 
 def add_baseline_rows(board: pd.DataFrame, task_types: Mapping[str, str],
@@ -249,11 +260,11 @@ def add_baseline_rows(board: pd.DataFrame, task_types: Mapping[str, str],
     reference = float(singles.iloc[0]) if len(singles) else math.nan
     rows = []
     for name, metrics in baselines.items():
-        score = metrics["test/score"]
+        score = metrics[score_key(TEST)]
         rows.append({
-            "rank": math.nan, "grouping": name, "n_groups": len(tasks), "valid_score": metrics["valid/score"],
+            "rank": math.nan, "grouping": name, "n_groups": len(tasks), "valid_score": metrics[score_key(VALID)],
             "score": score, "delta_vs_single_task_pct": 100.0 * (score - reference) / reference,
-            **{f"test_{t}_{primary[t]}": metrics[f"test/{t}/{primary[t]}"] for t in tasks},
+            **{column(TEST, t, primary[t]): metrics[metric_key(TEST, t, primary[t])] for t in tasks},
             "params": math.nan, "inference_cost": float(len(tasks)) if cost == "networks" else math.nan,
             "estimated": False, "baseline": True,
         })
@@ -301,12 +312,12 @@ def confirm_table(
         partition = grouping_groups(str(entry["grouping"]))
         per_seed_score = []
         for seed in seeds:
-            values = [results[(g, seed)][f"test/{t}/nloss"] for g in partition for t in group_tasks(g)]
+            values = [results[(g, seed)][metric_key(TEST, t, NLOSS)] for g in partition for t in group_tasks(g)]
             per_seed_score.append(float(np.mean(values)))
         for group in partition:
             for task in group_tasks(group):
-                metric = [results[(group, seed)][f"test/{task}/{primary[task]}"] for seed in seeds]
-                nloss = [results[(group, seed)][f"test/{task}/nloss"] for seed in seeds]
+                metric = [results[(group, seed)][metric_key(TEST, task, primary[task])] for seed in seeds]
+                nloss = [results[(group, seed)][metric_key(TEST, task, NLOSS)] for seed in seeds]
                 rows.append({"rank": entry["rank"], "grouping": entry["grouping"], "task": task, "group": group,
                              "metric": primary[task], "metric_mean": np.mean(metric), "metric_std": _std(metric),
                              "nloss_mean": np.mean(nloss), "nloss_std": _std(nloss), "seeds": len(seeds)})
@@ -315,12 +326,12 @@ def confirm_table(
                      "nloss_mean": np.mean(per_seed_score), "nloss_std": _std(per_seed_score), "seeds": len(seeds)})
     for name, per_seed in (baselines or {}).items():
         for task in task_types:
-            metric = [m[f"test/{task}/{primary[task]}"] for m in per_seed]
-            nloss = [m[f"test/{task}/nloss"] for m in per_seed]
+            metric = [m[metric_key(TEST, task, primary[task])] for m in per_seed]
+            nloss = [m[metric_key(TEST, task, NLOSS)] for m in per_seed]
             rows.append({"rank": math.nan, "grouping": name, "task": task, "group": name, "metric": primary[task],
                          "metric_mean": np.mean(metric), "metric_std": _std(metric), "nloss_mean": np.mean(nloss),
                          "nloss_std": _std(nloss), "seeds": len(per_seed)})
-        scores = [m["test/score"] for m in per_seed]
+        scores = [m[score_key(TEST)] for m in per_seed]
         rows.append({"rank": math.nan, "grouping": name, "task": "all", "group": "", "metric": "score",
                      "metric_mean": np.mean(scores), "metric_std": _std(scores), "nloss_mean": np.mean(scores),
                      "nloss_std": _std(scores), "seeds": len(per_seed)})
@@ -344,8 +355,6 @@ def selection_csv(groups: pd.DataFrame, task_types: Mapping[str, str], *, cost: 
     on the test split. A network costs 1 (``cost: networks``) or its parameters in
     units of the mean single-task network (``cost: params``), so budgets read alike.
     """
-    from mtl_search.selection import Network, budgets_for, selection_table
-
     tasks = list(task_types)
     trained = groups[~groups["estimated"].astype(bool) & np.isfinite(groups["valid_score"].astype(float))]
     singles = trained[trained["n_tasks"] == 1]["params"].astype(float)
@@ -353,7 +362,7 @@ def selection_csv(groups: pd.DataFrame, task_types: Mapping[str, str], *, cost: 
     networks = [
         Network(name=str(row["group"]), group=str(row["group"]),
                 cost=float(row["params"]) / unit if cost == "params" else 1.0,
-                losses={t: float(row[f"valid_{t}_nloss"]) for t in group_tasks(str(row["group"]))})
+                losses={t: float(row[column(VALID, t, NLOSS)]) for t in group_tasks(str(row["group"]))})
         for _, row in trained.iterrows()
     ]
     if not networks:
@@ -361,7 +370,7 @@ def selection_csv(groups: pd.DataFrame, task_types: Mapping[str, str], *, cost: 
     table = selection_table(networks, tasks, budgets_for(len(tasks)))
     test = {str(row["group"]): row for _, row in trained.iterrows()}
     table["test_total_loss"] = [
-        float(sum(test[row[f"{t}_network"]][f"test_{t}_nloss"] for t in tasks)) if row["feasible"] else math.nan
+        float(sum(test[row[f"{t}_network"]][column(TEST, t, NLOSS)] for t in tasks)) if row["feasible"] else math.nan
         for _, row in table.iterrows()
     ]
     return table

@@ -1,8 +1,8 @@
-"""Per-task losses and metrics, and the normalised loss that makes tasks comparable.
+"""Per-task metrics, and the normalised loss that makes tasks comparable. NumPy only (no torch).
 
-Training losses (torch, masked): MSE on standardised targets, binary
-cross-entropy with logits, cross-entropy. Rows whose label is missing for a
-task carry ``mask = False`` and do not count in that task's loss.
+Losses are those the networks train on (see :mod:`mtl_search.losses`): MSE on
+standardised targets, binary cross-entropy with logits, cross-entropy; rows
+whose label is missing for a task carry ``mask = False`` and do not count.
 
 The *normalised loss* of a task is its loss divided by the loss of a trivial
 predictor fitted on the training split (the training mean for regression, the
@@ -16,10 +16,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 REGRESSION, BINARY, MULTICLASS = "regression", "binary", "multiclass"
+TASK_TYPES = (REGRESSION, BINARY, MULTICLASS)
 
 
 @dataclass(frozen=True)
@@ -38,20 +37,6 @@ PRIMARY_METRIC: dict[str, MetricInfo] = {
 }
 
 
-def masked_loss(kind: str, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean loss over the rows whose label is present (0 when none is)."""
-    if kind == REGRESSION:
-        per_row = (output - target) ** 2
-    elif kind == BINARY:
-        per_row = F.binary_cross_entropy_with_logits(output, target, reduction="none")
-    elif kind == MULTICLASS:
-        per_row = F.cross_entropy(output, target, reduction="none")
-    else:
-        raise ValueError(f"unknown task type {kind!r}; valid: {BINARY}, {MULTICLASS}, {REGRESSION}")
-    weight = mask.to(per_row.dtype)
-    return (per_row * weight).sum() / weight.sum().clamp_min(1.0)
-
-
 def trivial_loss(kind: str, target: np.ndarray, mask: np.ndarray, prior: np.ndarray | None) -> float:
     """Loss of the trivial predictor on labelled rows of one split.
 
@@ -64,7 +49,8 @@ def trivial_loss(kind: str, target: np.ndarray, mask: np.ndarray, prior: np.ndar
         return float("nan")
     if kind == REGRESSION:
         return float(np.mean(y.astype(np.float64) ** 2))
-    assert prior is not None
+    if prior is None:
+        raise ValueError(f"a {kind} task's trivial loss needs the training class prior, but got prior=None.")
     probabilities = prior[y.astype(np.int64)]
     return float(-np.mean(np.log(probabilities)))
 
@@ -127,4 +113,9 @@ def evaluate_task(
             "accuracy": float(np.mean(predicted == y)),
             "macro_f1": float(f1_score(y, predicted, average="macro", zero_division=0)),
         }
-    raise ValueError(f"unknown task type {kind!r}; valid: {BINARY}, {MULTICLASS}, {REGRESSION}")
+    raise ValueError(unknown_task_type(kind))
+
+
+def unknown_task_type(kind: object) -> str:
+    """The message for a task type that is none of :data:`TASK_TYPES`."""
+    return f"unknown task type {kind!r}; valid: {', '.join(sorted(TASK_TYPES))}"

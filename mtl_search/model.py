@@ -11,44 +11,11 @@ Hidden layers are ``Linear -> ReLU [-> Dropout]`` of ``width`` units.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class Architecture:
-    """Shape of one group's network.
-
-    Args:
-        depth: hidden trunk layers per task path.
-        sharing_depth: how many of them the group's tasks share; clipped to ``depth``.
-            A group of one task shares everything (there is nothing to branch).
-        width: units per trunk/branch layer.
-        head_sizes: hidden layers of each task head before its output layer.
-        dropout: dropout after each hidden layer (0 disables).
-    """
-
-    depth: int
-    sharing_depth: int
-    width: int
-    head_sizes: tuple[int, ...] = ()
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.depth < 1:
-            raise ValueError(f"depth must be >= 1, but got {self.depth=}.")
-        if self.sharing_depth < 0:
-            raise ValueError(f"sharing_depth must be >= 0, but got {self.sharing_depth=}.")
-        if self.width < 1:
-            raise ValueError(f"width must be >= 1, but got {self.width=}.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), but got {self.dropout=}.")
-
-    def effective_sharing(self, num_tasks: int) -> int:
-        """Layers actually shared: clipped to depth, and all of them for one task."""
-        return self.depth if num_tasks == 1 else min(self.sharing_depth, self.depth)
+from mtl_search.trial import Architecture
 
 
 def _hidden_stack(inputs: int, sizes: Sequence[int], dropout: float) -> nn.Sequential:
@@ -73,7 +40,7 @@ class MultiTaskNet(nn.Module):
     def __init__(self, num_inputs: int, outputs: dict[str, int], architecture: Architecture) -> None:
         super().__init__()
         if not outputs:
-            raise ValueError("a network needs at least one task")
+            raise ValueError(f"outputs must name at least one task, but got {outputs=}.")
         self.architecture = architecture
         self.task_names = tuple(outputs)
         depth, width, dropout = architecture.depth, architecture.width, architecture.dropout

@@ -1,4 +1,4 @@
-"""The only Ray Train code: how one Tune trial trains its network.
+"""How one Tune trial trains its network: the only Ray Train code.
 
 Two executors, chosen by ``search.trial_executor``:
 
@@ -13,28 +13,38 @@ Two executors, chosen by ``search.trial_executor``:
     ``ray.tune.report``. No worker start-up, so small CPU searches run several
     times faster; one worker only.
 
-Either way the prepared arrays travel once through Ray's object store; a trial
-receives a reference, not a copy.
+Either way a trial function receives its sampled ``config`` (the hyperparameters
+and the group) and, beside it, the run's :class:`~mtl_search.trial.TrialSettings`
+and the prepared arrays, which travel once through Ray's object store (a trial
+gets a reference, not a copy).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ray
+import ray.train
+import ray.train.torch
+import ray.tune
+import torch
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
 
-if TYPE_CHECKING:
-    from mtl_search.config import TrainSpec
+from mtl_search.grouping import group_tasks
+from mtl_search.results import Status
+from mtl_search.step import Distributed
+from mtl_search.train import Report, fit
+from mtl_search.trial import TrialParams, TrialSettings
 
-#: The run-wide settings every trial function receives as ``system``:
-#: seed, workers, cpus_per_worker, gpus_per_worker (may be fractional: Tune then packs several trials on
-#: one GPU), train_storage, checkpoint_every and train_options (the spec's ``train:`` section as a dict).
+#: The training state's file inside a checkpoint folder.
+STATE_FILE = "state.pt"
 
 
 @dataclass(frozen=True)
@@ -47,36 +57,19 @@ class DataRef:
         return ray.get(self.ref)
 
 
-def _threads(cpus: float) -> int:
-    return max(1, math.floor(cpus))
+def trial_device(settings: TrialSettings) -> str:
+    """The device of a trial that trains in its own process: ``cuda`` when it holds a GPU share and sees one."""
+    return "cuda" if settings.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu"
 
 
-STATE_FILE = "state.pt"
-
-
-def train_options(config: dict[str, Any]) -> TrainSpec:
-    """The spec's ``train:`` section carried in a trial's config (``train_options``); its defaults if absent.
-
-    A config from before the section existed (e.g. a resumed search's) has no such key.
-    """
-    from mtl_search.config import TrainSpec
-
-    return TrainSpec.model_validate(config.get("train_options") or {})
-
-
-def _fit_from_config(config: dict[str, Any], data: Any, device: Any, report: Any, distributed: Any = None,
-                     initial_state: Any = None) -> None:
-    """Train the trial's group; ``config`` holds the hyperparameters and the system settings."""
-    import torch
-
-    from mtl_search.grouping import group_tasks
-    from mtl_search.train import TrialParams, fit
-
+def _fit_from_config(config: dict[str, Any], settings: TrialSettings, data: Any, device: Any, report: Report,
+                     distributed: Distributed | None = None, initial_state: Any = None) -> None:
+    """Train the trial's group: ``config`` holds its group and hyperparameters, ``settings`` the rest."""
     # Each trial owns `cpus_per_worker` cores: more threads would oversubscribe concurrent trials.
-    torch.set_num_threads(_threads(config["cpus_per_worker"]))
+    torch.set_num_threads(settings.threads)
     _maybe_fail(config)
-    fit(data, group_tasks(config["group"]), TrialParams.from_config(config), device=device, seed=config["seed"],
-        report=report, distributed=distributed, initial_state=initial_state, options=train_options(config))
+    fit(data, group_tasks(config["group"]), TrialParams.from_config(config), device=device, seed=settings.seed,
+        report=report, distributed=distributed, initial_state=initial_state, options=settings.train)
 
 
 def _maybe_fail(config: dict[str, Any]) -> None:
@@ -90,81 +83,63 @@ def _maybe_fail(config: dict[str, Any]) -> None:
         raise RuntimeError(f"injected failure for group {config['group']} (MTL_SEARCH_FAIL_GROUPS)")
 
 
-def _wants_checkpoint(config: dict[str, Any], metrics: dict[str, Any]) -> bool:
-    every = int(config.get("checkpoint_every", 1))
-    return every > 0 and (metrics["epoch"] % every == 0 or metrics.get("status") != "running")
+def _reporter(send: Callable[..., None], checkpoint_class: Any, settings: TrialSettings, started: float, *,
+              checkpoints: bool = True) -> Report:
+    """A ``report`` for :func:`mtl_search.train.fit`: adds the trial's wall time and, when due, a checkpoint.
 
+    A checkpoint is the training state saved in a temporary folder that Ray copies; it is due every
+    ``checkpoint_every`` epochs and at the last report (``checkpoints`` False: never, e.g. on a worker of rank > 0).
+    """
+    every = settings.checkpoint_every
 
-def _report_with_checkpoint(send: Any, checkpoint_class: Any, metrics: dict[str, Any], state: Any) -> None:
-    """Report ``metrics`` with the training state saved as a checkpoint (a temporary folder Ray copies)."""
-    import torch
+    def report(metrics: dict[str, Any], state: Callable[[], dict[str, Any]]) -> None:
+        metrics = {**metrics, "wall_s": time.time() - started}
+        due = every > 0 and (metrics["epoch"] % every == 0 or metrics.get("status") != Status.RUNNING)
+        if not (checkpoints and due):
+            send(metrics)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(state(), Path(folder) / STATE_FILE)
+            send(metrics, checkpoint=checkpoint_class.from_directory(folder))
 
-    with tempfile.TemporaryDirectory() as folder:
-        torch.save(state(), Path(folder) / STATE_FILE)
-        send(metrics, checkpoint=checkpoint_class.from_directory(folder))
+    return report
 
 
 def _state_from(checkpoint: Any) -> Any:
     """The training state in a checkpoint (None when there is none)."""
-    import torch
-
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
         return torch.load(Path(folder) / STATE_FILE, weights_only=False)
 
 
-def worker_loop(config: dict[str, Any]) -> None:
+def worker_loop(loop_config: dict[str, Any]) -> None:
     """Per-worker function of the ``TorchTrainer`` (runs inside a Ray Train worker)."""
-    import ray.train
-    import ray.train.torch
-
-    from mtl_search.train import Distributed
-
     context = ray.train.get_context()
-    world_size = context.get_world_size()
-    rank = context.get_world_rank()
-    distributed = Distributed(
-        rank=rank,
-        world_size=world_size,
-        wrap_model=ray.train.torch.prepare_model if world_size > 1 else None,
-    )
-    started = config["trial_started"]
-
-    def report(metrics: dict[str, Any], state: Any) -> None:
-        metrics = {**metrics, "wall_s": time.time() - started}
-        if rank == 0 and _wants_checkpoint(config, metrics):
-            _report_with_checkpoint(ray.train.report, ray.train.Checkpoint, metrics, state)
-        else:
-            ray.train.report(metrics)
-
+    world_size, rank = context.get_world_size(), context.get_world_rank()
+    distributed = Distributed(rank=rank, world_size=world_size,
+                              wrap_model=ray.train.torch.prepare_model if world_size > 1 else None)
+    settings: TrialSettings = loop_config["settings"]
+    report = _reporter(ray.train.report, ray.train.Checkpoint, settings, loop_config["trial_started"],
+                       checkpoints=rank == 0)
     # A retried or restored trial's Train run has the same name, so it finds its own last checkpoint.
     initial_state = _state_from(ray.train.get_checkpoint())
-    _fit_from_config(config, config["data"].get(), ray.train.torch.get_device(), report, distributed,
-                     initial_state)
+    _fit_from_config(loop_config["config"], settings, loop_config["data"].get(), ray.train.torch.get_device(),
+                     report, distributed, initial_state)
 
 
-def train_trial(config: dict[str, Any], data: DataRef, system: dict[str, Any]) -> None:
+def train_trial(config: dict[str, Any], data: DataRef, settings: TrialSettings) -> None:
     """Tune function trainable: one trial as a Ray Train ``TorchTrainer`` job."""
-    config = {**config, **system}
-    import ray.train
-    import ray.tune
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     started = time.time()
-    gpus = float(config["gpus_per_worker"])
-    resources = worker_resources(cpus_per_worker=config["cpus_per_worker"], gpus_per_worker=gpus)
     trial_id = ray.tune.get_context().get_trial_id()
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={**config, "data": data, "trial_started": started},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=int(config["workers"]), use_gpu=gpus > 0, resources_per_worker=resources
-        ),
+        train_loop_config={"config": config, "settings": settings, "data": data, "trial_started": started},
+        scaling_config=ray.train.ScalingConfig(num_workers=settings.workers, use_gpu=settings.gpus_per_worker > 0,
+                                               resources_per_worker=worker_resources(settings)),
         run_config=ray.train.RunConfig(
             name=f"train-{trial_id}",
-            storage_path=config["train_storage"],
+            storage_path=settings.train_storage,
             callbacks=[TuneReportCallback()],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
         ),
@@ -172,54 +147,14 @@ def train_trial(config: dict[str, Any], data: DataRef, system: dict[str, Any]) -
     trainer.fit()
 
 
-def inline_trial(config: dict[str, Any], data: DataRef, system: dict[str, Any]) -> None:
+def inline_trial(config: dict[str, Any], data: DataRef, settings: TrialSettings) -> None:
     """Tune function trainable: the trial trains in its own process (no Ray Train)."""
-    config = {**config, **system}
-    import ray.tune
-    import torch
-
-    started = time.time()
-    use_gpu = float(config["gpus_per_worker"]) > 0 and torch.cuda.is_available()
-
-    def report(metrics: dict[str, Any], state: Any) -> None:
-        metrics = {**metrics, "wall_s": time.time() - started}
-        if _wants_checkpoint(config, metrics):
-            _report_with_checkpoint(ray.tune.report, ray.tune.Checkpoint, metrics, state)
-        else:
-            ray.tune.report(metrics)
-
-    _fit_from_config(config, data.get(), "cuda" if use_gpu else "cpu", report,
+    report = _reporter(ray.tune.report, ray.tune.Checkpoint, settings, time.time())
+    _fit_from_config(config, settings, data.get(), trial_device(settings), report,
                      initial_state=_state_from(ray.tune.get_checkpoint()))
 
 
-def affinity_task(data: DataRef, tasks: list[str], params: Any, seed: int, every: int, cpus: float,
-                  use_gpu: bool) -> Any:
-    """Ray task body: the all-task affinity measurement, with a trial's threads and device."""
-    import torch
-
-    from mtl_search.affinity import measure_affinity
-
-    torch.set_num_threads(_threads(cpus))
-    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-    return measure_affinity(data.get(), tasks, params, device=device, seed=seed, every=every)
-
-
-def confirm_task(data: DataRef, group: str, config: dict[str, Any], seed: int, cpus: float,
-                 use_gpu: bool) -> dict[str, Any]:
-    """Ray task body: retrain one group's network with ``seed``; returns the metrics at its best epoch."""
-    import torch
-
-    from mtl_search.grouping import group_tasks
-    from mtl_search.train import TrialParams, fit
-
-    torch.set_num_threads(_threads(cpus))
-    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-    result = fit(data.get(), group_tasks(group), TrialParams.from_config(config), device=device, seed=seed,
-                 options=train_options(config))
-    return {"status": result.status, **result.metrics}
-
-
-def trial_resources(executor: str, *, cpus_per_worker: float, gpus_per_worker: float) -> dict[str, float]:
+def trial_resources(executor: str, settings: TrialSettings) -> dict[str, float]:
     """What the Tune trial itself holds.
 
     A fractional ``gpus_per_worker`` (e.g. 0.25) lets Tune place several trials on one
@@ -230,21 +165,22 @@ def trial_resources(executor: str, *, cpus_per_worker: float, gpus_per_worker: f
     """
     if executor == "train":
         return {"cpu": 0, "memory": 1}
-    resources = {"cpu": cpus_per_worker}
-    if gpus_per_worker > 0:
-        resources["gpu"] = gpus_per_worker
+    resources = {"cpu": settings.cpus_per_worker}
+    if settings.gpus_per_worker > 0:
+        resources["gpu"] = settings.gpus_per_worker
     return resources
 
 
-def worker_resources(*, cpus_per_worker: float, gpus_per_worker: float) -> dict[str, float]:
+def worker_resources(settings: TrialSettings) -> dict[str, float]:
     """What each Train worker of a ``train`` trial holds (``ScalingConfig.resources_per_worker``).
 
     The GPU share is passed on as given: 0.25 lets four trials' workers share one GPU.
     """
-    resources = {"CPU": float(cpus_per_worker)}
-    if gpus_per_worker > 0:
-        resources["GPU"] = float(gpus_per_worker)
+    resources = {"CPU": float(settings.cpus_per_worker)}
+    if settings.gpus_per_worker > 0:
+        resources["GPU"] = float(settings.gpus_per_worker)
     return resources
 
 
+#: The trial function of each ``search.trial_executor``.
 TRIAL_FUNCTIONS = {"train": train_trial, "inline": inline_trial}

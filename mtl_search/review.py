@@ -1,4 +1,4 @@
-"""Reading a result directory back, and the views users review it with: ``leaderboard`` and ``compare``.
+"""The views users review a result directory with: ``leaderboard`` (re-ranked if asked) and ``compare``.
 
 Honesty rule kept here, as in :mod:`mtl_search.leaderboard`: a re-ranking (by
 another task's metric, or under an inference budget) is chosen on the
@@ -9,221 +9,31 @@ column is refused with the validation column to use instead.
 Reference rows (``baseline`` true in ``leaderboard.csv``, e.g. ``baseline:gbdt``)
 are shown below the ranked groupings, never ranked among them.
 
-Pure pandas; the matplotlib plots of the same results live in :mod:`mtl_search.report`.
+Pandas only; results are read back by :mod:`mtl_search.results`, plotted by :mod:`mtl_search.plots`.
 """
 
 from __future__ import annotations
 
 import csv
-import io
-import json
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from mtl_search import storage
-from mtl_search.errors import ResultsMissingError, UserError
+from mtl_search.errors import UserError
+from mtl_search.grouping import group_tasks, grouping_groups
+from mtl_search.leaderboard import LEADERBOARD_LIMIT, rank_groupings
+from mtl_search.metrics import PRIMARY_METRIC
+from mtl_search.results import NLOSS, TEST, VALID, Results, as_float, column, load_results, parse_column, truthy
+from mtl_search.tables import Style, Table, format_number, format_percent
 
-#: Headline metric of each task type (as ``mtl_search.metrics.PRIMARY_METRIC``, which imports torch) and
-#: whether larger is better; the plain table keeps ``leaderboard`` / ``compare`` free of torch.
-HEADLINE = {"regression": ("rmse", False), "binary": ("auc", True), "multiclass": ("accuracy", True)}
-NLOSS = "nloss"
 #: ``--by`` names of the mean normalised loss over all tasks (the leaderboard's own ranking).
 SCORE_KEYS = ("score", "mean", "valid_score")
-Style = Literal["text", "markdown", "csv"]
-STYLES: tuple[str, ...] = ("text", "markdown", "csv")
 #: Weight of the mean normalised validation loss in a per-task ranking cost: it only breaks ties
 #: between groupings that serve the ranked task with the same network.
 _TIE_BREAK = 1e-9
-
-
-# --------------------------------------------------------------------------- reading results back
-
-
-@dataclass(frozen=True)
-class Results:
-    """One experiment's result directory, read back.
-
-    Attributes:
-        location: the directory or URI as given.
-        name: the experiment's name (``config.yaml``, else the folder's name).
-        tasks: task -> type, in the spec's order.
-        cost: the run's inference cost (``networks`` or ``params``).
-        max_groups: the run's ``grouping.max_groups`` (its leaderboard holds no larger grouping).
-        config: the resolved spec as a dict (empty when ``config.yaml`` is missing).
-        run_info: ``run.json`` (empty when missing).
-        leaderboard: the ranked rows of ``leaderboard.csv``.
-        references: its reference rows (``baseline`` true), never ranked.
-        groups: ``groups.csv``.
-        confirm: ``confirm.csv`` or None.
-        affinity: ``affinity.csv`` (task x task) or None.
-        selection: ``selection.csv`` or None.
-    """
-
-    location: str
-    name: str
-    tasks: dict[str, str]
-    cost: str
-    max_groups: int | None
-    config: dict[str, Any]
-    run_info: dict[str, Any]
-    leaderboard: pd.DataFrame
-    references: pd.DataFrame
-    groups: pd.DataFrame
-    confirm: pd.DataFrame | None = None
-    affinity: pd.DataFrame | None = None
-    selection: pd.DataFrame | None = None
-
-    @property
-    def headline(self) -> dict[str, str]:
-        """Task -> its headline metric name (``rmse``, ``auc``, ``accuracy``)."""
-        return {task: HEADLINE[kind][0] for task, kind in self.tasks.items()}
-
-    @property
-    def local_path(self) -> Path | None:
-        """The directory on this machine, or None for a storage URI."""
-        return None if storage.is_uri(self.location) else Path(self.location).expanduser()
-
-    def scored_groups(self) -> pd.DataFrame:
-        """``groups.csv`` rows a grouping can use: over known tasks, with a validation score, no reference rows."""
-        frame = self.groups
-        known = frame["group"].astype(str).map(lambda g: set(g.split("+")) <= self.tasks.keys())
-        keep = known & np.isfinite(pd.to_numeric(frame["valid_score"], errors="coerce"))
-        if "baseline" in frame:
-            keep &= ~_truthy(frame["baseline"])
-        return frame[keep].reset_index(drop=True)
-
-    def failed_groups(self) -> list[str]:
-        """Candidate groups that were trained but have no successful trial."""
-        frame = self.groups
-        scores = pd.to_numeric(frame["valid_score"], errors="coerce")
-        estimated = _truthy(frame["estimated"]) if "estimated" in frame else pd.Series(False, index=frame.index)
-        return [str(g) for g in frame.loc[~np.isfinite(scores) & ~estimated, "group"]]
-
-    def group_value(self, group: str, column: str) -> float:
-        """``groups.csv[column]`` of one group (NaN when the group or the column is missing)."""
-        rows = self.groups[self.groups["group"].astype(str) == group]
-        if rows.empty or column not in rows:
-            return math.nan
-        return as_float(rows.iloc[0][column])
-
-
-def _truthy(values: pd.Series) -> pd.Series:
-    """Booleans from a CSV column that may hold True/False, 1/0, "true"/"false" or blanks."""
-    if values.dtype == bool:
-        return values
-    return values.map(lambda v: str(v).strip().lower() in ("true", "1", "1.0", "yes"))
-
-
-def as_float(value: Any) -> float:
-    """``value`` as a float; NaN for blanks and text (CSV cells)."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _read_text(location: str, file: str) -> str | None:
-    """A small text file of a result location (path or URI), or None when it is not there."""
-    if not storage.is_uri(location):
-        path = Path(location).expanduser() / file
-        return path.read_text() if path.is_file() else None
-    fs, path = storage.open_uri(storage.join_uri(location, file))
-    try:
-        with fs.open_input_stream(path) as handle:
-            return handle.read().decode()
-    except (FileNotFoundError, OSError):
-        return None
-
-
-def _read_optional_csv(location: str, file: str, **options: Any) -> pd.DataFrame | None:
-    text = _read_text(location, file)
-    if text is None or not text.strip():  # absent, or written empty (e.g. no network could be scored)
-        return None
-    return pd.read_csv(io.StringIO(text), **options)
-
-
-def _not_a_result_dir(location: str) -> UserError:
-    """Why ``location`` is not a result directory, and what to pass instead."""
-    if storage.is_uri(location):
-        return ResultsMissingError(f"no {storage.LEADERBOARD_FILE} at {location}: pass the location `run` wrote "
-                                   "(<output>/<name>)")
-    path = Path(location).expanduser()
-    if not path.exists():
-        return ResultsMissingError(f"{location} does not exist: pass a result directory `run` wrote, "
-                                   "e.g. results/<name>")
-    if not path.is_dir():
-        return ResultsMissingError(f"{location} is a file, not a result directory: pass the folder `run` wrote, "
-                                   "e.g. results/<name>")
-    if (path / storage.TRIALS_FILE).is_file():
-        return ResultsMissingError(f"{location} holds trials but no {storage.LEADERBOARD_FILE} yet: the search has "
-                                   f"not finished; wait for it, or continue it with `mtl-search resume {location}`")
-    inside = sorted(p.name for p in path.iterdir() if (p / storage.LEADERBOARD_FILE).is_file())
-    hint = f"; it holds these result directories: {', '.join(inside)}" if inside else ""
-    return ResultsMissingError(f"{location} is not an mtl_search result directory (no {storage.LEADERBOARD_FILE})"
-                               f"{hint}. Pass the folder `run` wrote, e.g. results/<name>")
-
-
-def _task_types(config: dict[str, Any], groups: pd.DataFrame, board: pd.DataFrame) -> dict[str, str]:
-    """Task -> type from the resolved spec, else from the headline columns of ``groups.csv``."""
-    tasks = (config.get("data") or {}).get("tasks") or {}
-    types = {str(name): str(task.get("type")) for name, task in tasks.items() if isinstance(task, dict)}
-    if types and all(kind in HEADLINE for kind in types.values()):
-        return types
-    by_metric = {metric: kind for kind, (metric, _) in HEADLINE.items()}
-    found: dict[str, str] = {}
-    for column in board.columns:  # test_<task>_<metric>, in the spec's order
-        for metric, kind in by_metric.items():
-            if column.startswith("test_") and column.endswith(f"_{metric}"):
-                found[column[len("test_"):-len(metric) - 1]] = kind
-    if not found:
-        for column in groups.columns:
-            if column.startswith("valid_") and column.endswith(f"_{NLOSS}"):
-                found.setdefault(column[len("valid_"):-len(NLOSS) - 1], "regression")
-    return found
-
-
-def load_results(location: str | Path) -> Results:
-    """Read a result directory (or a storage URI) that ``run`` wrote.
-
-    Raises:
-        ResultsMissingError: ``location`` is not a result directory; the message says what is there.
-    """
-    location = str(location)
-    board_text = _read_text(location, storage.LEADERBOARD_FILE)
-    if board_text is None:
-        raise _not_a_result_dir(location)
-    groups = _read_optional_csv(location, storage.GROUPS_FILE)
-    if groups is None or "group" not in groups or "valid_score" not in groups:
-        raise ResultsMissingError(f"{location} has a {storage.LEADERBOARD_FILE} but no usable {storage.GROUPS_FILE}: "
-                                  "the result directory is incomplete; rerun or resume the experiment")
-    board = pd.read_csv(io.StringIO(board_text))
-    config_text = _read_text(location, storage.CONFIG_FILE)
-    config: dict[str, Any] = {}
-    if config_text:
-        import yaml
-
-        loaded = yaml.safe_load(config_text)
-        config = loaded if isinstance(loaded, dict) else {}
-    run_text = _read_text(location, storage.RUN_FILE)
-    run_info = json.loads(run_text) if run_text else {}
-    grouping = config.get("grouping") or {}
-    is_reference = _truthy(board["baseline"]) if "baseline" in board else pd.Series(False, index=board.index)
-    affinity = _read_optional_csv(location, storage.AFFINITY_FILE, index_col=0)
-    name = str(config.get("name") or location.rstrip("/").rsplit("/", 1)[-1])
-    return Results(
-        location=location, name=name, tasks=_task_types(config, groups, board),
-        cost=str(grouping.get("cost") or "networks"), max_groups=grouping.get("max_groups"),
-        config=config, run_info=run_info,
-        leaderboard=board[~is_reference].reset_index(drop=True), references=board[is_reference].reset_index(drop=True),
-        groups=groups, confirm=_read_optional_csv(location, storage.CONFIRM_FILE), affinity=affinity,
-        selection=_read_optional_csv(location, storage.SELECTION_FILE),
-    )
 
 
 # --------------------------------------------------------------------------- ranking keys
@@ -258,7 +68,7 @@ def rank_keys(results: Results) -> list[RankKey]:
     """Every key a leaderboard of ``results`` can be ranked by: the mean, then each task's metric and loss."""
     keys = [RankKey("score")]
     for task, kind in results.tasks.items():
-        metric, higher = HEADLINE[kind]
+        metric, higher = PRIMARY_METRIC[kind].name, PRIMARY_METRIC[kind].higher_is_better
         keys += [RankKey(f"{task}_{metric}", task, metric, higher), RankKey(f"{task}_{NLOSS}", task)]
     return keys
 
@@ -307,7 +117,7 @@ class Ranking:
     @property
     def key_column(self) -> str:
         """The column of ``board`` holding each grouping's validation value of the key."""
-        return "valid_score" if self.key.task is None else f"valid_{self.key.task}_{self.key.metric}"
+        return "valid_score" if self.key.task is None else column(VALID, self.key.task, self.key.metric)
 
 
 def _ranking_groups(results: Results, key: RankKey) -> pd.DataFrame:
@@ -315,13 +125,13 @@ def _ranking_groups(results: Results, key: RankKey) -> pd.DataFrame:
     groups = results.scored_groups()
     if key.task is None:
         return groups
-    column = f"valid_{key.task}_{key.metric}"
-    holds = groups["group"].astype(str).map(lambda g: key.task in g.split("+"))
-    values = pd.to_numeric(groups[column], errors="coerce") if column in groups else pd.Series(np.nan, groups.index)
+    name = column(VALID, key.task, key.metric)
+    holds = groups["group"].astype(str).map(lambda g: key.task in group_tasks(g))
+    values = pd.to_numeric(groups[name], errors="coerce") if name in groups else pd.Series(np.nan, groups.index)
     groups = groups[~holds | np.isfinite(values)].copy()  # estimated groups have no validation metric
     sign = -1.0 if key.higher_is_better else 1.0
     for task in results.tasks:
-        nloss = f"valid_{task}_{NLOSS}"
+        nloss = column(VALID, task, NLOSS)
         if nloss not in groups:
             continue
         tie_break = _TIE_BREAK * pd.to_numeric(groups[nloss], errors="coerce")
@@ -346,8 +156,6 @@ def rerank(results: Results, key: RankKey, *, budget: float | None = None) -> Ra
     Raises:
         UserError: ``budget`` is below every grouping's inference cost (the cheapest is named).
     """
-    from mtl_search.leaderboard import LEADERBOARD_LIMIT, rank_groupings
-
     if budget is not None and not math.isfinite(budget):
         raise UserError(f"--budget must be a finite number, got {budget}")
     groups = _ranking_groups(results, key)
@@ -361,12 +169,12 @@ def rerank(results: Results, key: RankKey, *, budget: float | None = None) -> Ra
     notes = []
     if key.task is not None and len(board):
         # Exact order on the key; ties (the same network serves the task) keep the mean-score order.
-        column = f"valid_{key.task}_{key.metric}"
-        served = {str(row["group"]): as_float(row[column]) for _, row in groups.iterrows()
-                  if key.task in str(row["group"]).split("+")}
-        board[column] = [next(served[g] for g in str(grouping).split("|") if g in served)
-                         for grouping in board["grouping"]]
-        board = board.sort_values(column, ascending=not key.higher_is_better, kind="stable")
+        name = column(VALID, key.task, key.metric)
+        served = {str(row["group"]): as_float(row[name]) for _, row in groups.iterrows()
+                  if key.task in group_tasks(str(row["group"]))}
+        board[name] = [next(served[g] for g in grouping_groups(str(grouping)) if g in served)
+                       for grouping in board["grouping"]]
+        board = board.sort_values(name, ascending=not key.higher_is_better, kind="stable")
         unranked = len(results.scored_groups()) - len(groups)
         if unranked:
             notes.append(f"{unranked} estimated group(s) holding {key.task} have no validation {key.metric} and are "
@@ -375,8 +183,8 @@ def rerank(results: Results, key: RankKey, *, budget: float | None = None) -> Ra
         # valid_score from the true validation losses (the per-task ranking altered the costs it was built from)
         truth = {str(row["group"]): row for _, row in results.scored_groups().iterrows()}
         board["valid_score"] = [
-            float(np.mean([as_float(truth[g][f"valid_{t}_{NLOSS}"]) for g in str(grouping).split("|")
-                           for t in g.split("+")])) for grouping in board["grouping"]]
+            float(np.mean([as_float(truth[g][column(VALID, t, NLOSS)]) for g in grouping_groups(str(grouping))
+                           for t in group_tasks(g)])) for grouping in board["grouping"]]
     if budget is not None and len(board):
         costs = pd.to_numeric(board["inference_cost"], errors="coerce")
         if not np.isfinite(costs).all():
@@ -405,109 +213,6 @@ def _budget_error(results: Results, budget: float) -> UserError:
 # --------------------------------------------------------------------------- tables
 
 
-def format_number(value: float, digits: int = 4) -> str:
-    """A table cell: blank-safe, compact for large magnitudes (RMSE in original units, parameter counts)."""
-    if value is None or not math.isfinite(value):
-        return "—"
-    if abs(value) >= 1000:
-        return f"{value:,.0f}"
-    if abs(value) >= 10:
-        return f"{value:.2f}"
-    return f"{value:.{digits}f}"
-
-
-def _percent(value: float) -> str:
-    return "—" if not math.isfinite(value) else f"{value:+.2f}%"
-
-
-@dataclass
-class Table:
-    """A captioned table for the terminal or Markdown; ``spans`` labels runs of columns (e.g. by split)."""
-
-    caption: list[str]
-    headers: list[str]
-    rows: list[list[str]]
-    right: list[bool]
-    spans: list[tuple[str, int]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    #: index of the first row of references (shown below a rule, not ranked); None when there are none.
-    reference_start: int | None = None
-
-    def render(self, style: Style) -> str:
-        """The table as aligned plain text or as Markdown."""
-        return self._markdown() if style == "markdown" else self._text()
-
-    def html(self) -> str:
-        """The table as an HTML fragment (caption, spanned header, rows, notes), for ``report.html``."""
-        from html import escape
-
-        out = ["<table>", "<caption>" + "<br>".join(escape(line) for line in self.caption) + "</caption>", "<thead>"]
-        if self.spans:
-            out.append("<tr>" + "".join(f'<th colspan="{count}" class="span">{escape(label)}</th>'
-                                        for label, count in self.spans) + "</tr>")
-        out.append("<tr>" + "".join(f"<th>{escape(h)}</th>" for h in self.headers) + "</tr></thead><tbody>")
-        for i, row in enumerate(self.rows):
-            kind = ' class="reference"' if self.reference_start is not None and i >= self.reference_start else ""
-            out.append(f"<tr{kind}>" + "".join(f'<td class="{"num" if r else "text"}">{escape(c)}</td>'
-                                               for c, r in zip(row, self.right, strict=True)) + "</tr>")
-        out.append("</tbody></table>")
-        if self.notes:
-            out.append("<ul class=\"notes\">" + "".join(f"<li>{escape(n)}</li>" for n in self.notes) + "</ul>")
-        return "\n".join(out)
-
-    def _text(self) -> str:
-        widths = [max([len(h), *(len(r[i]) for r in self.rows)]) for i, h in enumerate(self.headers)]
-        start = 0
-        for label, count in self.spans:  # a span's label must fit over its columns, with a rule either side
-            spare = len(label) + 4 - (sum(widths[start:start + count]) + 2 * (count - 1))
-            if label and spare > 0:
-                widths[start + count - 1] += spare
-            start += count
-
-        def line(cells: Sequence[str]) -> str:
-            return "  ".join(c.rjust(w) if r else c.ljust(w)
-                             for c, w, r in zip(cells, widths, self.right, strict=True)).rstrip()
-
-        out = [*self.caption, ""]
-        if self.spans:
-            parts, start = [], 0
-            for label, count in self.spans:
-                width = sum(widths[start:start + count]) + 2 * (count - 1)
-                parts.append(f" {label} ".center(width, "─") if label else " " * width)
-                start += count
-            out.append("  ".join(parts).rstrip())
-        out.append(line(self.headers))
-        out.append("  ".join("-" * w for w in widths))
-        for i, row in enumerate(self.rows):
-            if i == self.reference_start:
-                out.append("  ".join("·" * w for w in widths))
-            out.append(line(row))
-        out += [f"  {note}" for note in self.notes]
-        return "\n".join(out) + "\n"
-
-    def _markdown(self) -> str:
-        def cell(text: str) -> str:
-            return text.replace("|", "\\|")
-
-        headers = list(self.headers)
-        if self.spans:  # Markdown has no column spans: put the span's label in front of each header
-            start = 0
-            for label, count in self.spans:
-                for i in range(start, start + count):
-                    headers[i] = f"{label} {headers[i]}".strip()
-                start += count
-        out = [f"**{self.caption[0]}**", *[f"{line}" for line in self.caption[1:]], ""]
-        out.append("| " + " | ".join(cell(h) for h in headers) + " |")
-        out.append("|" + "|".join("---:" if r else ":---" for r in self.right) + "|")
-        for i, row in enumerate(self.rows):
-            label = [f"*{c}*" if self.reference_start is not None and i >= self.reference_start and c not in ("", "—")
-                     else c for c in row]
-            out.append("| " + " | ".join(cell(c) for c in label) + " |")
-        if self.notes:
-            out += ["", *[f"- {note}" for note in self.notes]]
-        return "\n".join(out) + "\n"
-
-
 def _grouping_table_rows(results: Results, board: pd.DataFrame, key_column: str,
                          references: pd.DataFrame) -> tuple[list[str], list[list[str]], list[bool], int | None]:
     """Headers, cells and alignment of a leaderboard table: validation key, then test numbers."""
@@ -525,8 +230,9 @@ def _grouping_table_rows(results: Results, board: pd.DataFrame, key_column: str,
                      format_number(as_float(row.get("n_groups")), 0),
                      *([format_number(as_float(row.get("params")), 0)] if show_params else []),
                      format_number(as_float(row.get(key_column))),
-                     format_number(as_float(row.get("score"))), _percent(as_float(row.get("delta_vs_single_task_pct"))),
-                     *[format_number(as_float(row.get(f"test_{t}_{m}"))) for t, m in headline.items()]]
+                     format_number(as_float(row.get("score"))),
+                     format_percent(as_float(row.get("delta_vs_single_task_pct"))),
+                     *[format_number(as_float(row.get(column(TEST, t, m)))) for t, m in headline.items()]]
             rows.append(cells)
     right = [True, False, *[True] * (len(headers) - 2)]
     return headers, rows, right, (len(board) if len(references) else None)
@@ -535,11 +241,8 @@ def _grouping_table_rows(results: Results, board: pd.DataFrame, key_column: str,
 def _key_header(key_column: str, results: Results) -> str:
     if key_column == "valid_score":
         return "score"
-    rest = key_column[len("valid_"):]
-    for task in results.tasks:
-        if rest.startswith(f"{task}_"):
-            return f"{task} {rest[len(task) + 1:]}"
-    return rest
+    parsed = parse_column(key_column, results.tasks)
+    return key_column if parsed is None else f"{parsed[1]} {parsed[2]}"
 
 
 def leaderboard_table(ranking: Ranking, *, top: int = 10) -> Table:
@@ -619,7 +322,7 @@ def _confirmed_score(results: Results, grouping: str) -> tuple[float, float, int
 def _summary(results: Results) -> dict[str, str]:
     """One column of the side-by-side summary: what the experiment did and its rank-1 grouping."""
     info, board = results.run_info, results.leaderboard
-    trained = int((~_truthy(results.groups["estimated"])).sum()) if "estimated" in results.groups else len(
+    trained = int((~truthy(results.groups["estimated"])).sum()) if "estimated" in results.groups else len(
         results.groups)
     trials = info.get("trials", int(pd.to_numeric(results.groups.get("trials"), errors="coerce").sum()))
     failed = info.get("trials_failed", int(pd.to_numeric(results.groups.get("trials_failed"),
@@ -641,10 +344,10 @@ def _summary(results: Results) -> dict[str, str]:
         "networks": format_number(as_float(best["n_groups"]), 0),
         "valid score": format_number(as_float(best["valid_score"])),
         "test score": format_number(as_float(best["score"])),
-        "vs single-task": _percent(as_float(best["delta_vs_single_task_pct"])),
+        "vs single-task": format_percent(as_float(best["delta_vs_single_task_pct"])),
     })
     for task, metric in results.headline.items():
-        out[f"test {task} {metric}"] = format_number(as_float(best.get(f"test_{task}_{metric}")))
+        out[f"test {task} {metric}"] = format_number(as_float(best.get(column(TEST, task, metric))))
     confirmed = _confirmed_score(results, str(best["grouping"]))
     out["confirmed score"] = ("not run" if confirmed is None else
                               f"{format_number(confirmed[0])} ± {format_number(confirmed[1])} ({confirmed[2]} seeds)")

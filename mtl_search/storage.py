@@ -7,9 +7,9 @@ one. An existing result directory is never overwritten unless asked.
 ``output`` may also be a storage URI (``s3://``, ``gs://``, ``file://``: what
 ``pyarrow.fs`` opens, as Ray Tune's storage does). Then the run writes to a
 fresh local staging directory and :func:`publish_results` copies it to
-``<output>/<name>/`` when the run ends (or fails); :func:`read_result_csv`
-reads a table back from either kind of location. A shared folder mounted at
-the same path on every node (NFS) is a plain local path.
+``<output>/<name>/`` when the run ends (or fails); :mod:`mtl_search.results`
+reads a result directory back from either kind of location. A shared folder
+mounted at the same path on every node (NFS) is a plain local path.
 """
 
 from __future__ import annotations
@@ -226,23 +226,3 @@ def publish_results(location: ResultLocation, *, echo: Callable[[str], None] | N
                           destination_filesystem=fs)
     if echo is not None:
         echo(f"results copied to {location.uri} (staged in {location.path})")
-
-
-def read_result_csv(location: str | Path, file: str = LEADERBOARD_FILE) -> pd.DataFrame:
-    """Read one results table (``leaderboard.csv`` by default) from a result directory or its URI.
-
-    Raises:
-        UserError: the table is not there.
-    """
-    if not is_uri(location):
-        path = Path(location).expanduser() / file
-        if not path.is_file():
-            raise UserError(f"no {file} in {path.parent}: is this a result directory (results/<name>)?")
-        return pd.read_csv(path)
-    uri = join_uri(str(location), file)
-    fs, path = open_uri(uri)
-    try:
-        with fs.open_input_stream(path) as handle:
-            return pd.read_csv(handle)
-    except FileNotFoundError:
-        raise UserError(f"no {file} at {location}: is this a result location (<output>/<name>)?") from None

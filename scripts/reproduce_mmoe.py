@@ -112,12 +112,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--table-only", action="store_true", help="only print the table of an earlier run")
     args = parser.parse_args(argv)
 
-    from mtl_search.config import load_spec
+    from mtl_search.spec_file import load_spec
 
     spec = load_spec(args.spec, args.overrides)
     if not args.table_only:
         from mtl_search.experiment import run_experiment
-        from mtl_search.search import connect_ray
+        from mtl_search.ray_session import connect_ray
 
         source = Path(spec.data.source)
         if not source.exists():

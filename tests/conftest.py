@@ -8,8 +8,18 @@ from typing import Any
 import pytest
 import yaml
 
-from mtl_search.config import spec_from_dict
 from mtl_search.data import PreparedData, prepare
+from mtl_search.spec_file import spec_from_dict
+
+
+#: Fixtures that start Ray: a test using one is marked ``ray`` without saying so itself.
+RAY_FIXTURES = {"ray_local", "local_head"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)
 
 
 @pytest.fixture(scope="session")
@@ -17,7 +27,7 @@ def ray_local():
     """One real local Ray instance for the whole session (2 CPUs, as on CI)."""
     import ray
 
-    from mtl_search.search import connect_ray
+    from mtl_search.ray_session import connect_ray
 
     connect_ray(num_cpus=2)
     yield ray

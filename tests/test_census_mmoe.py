@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from mtl_search.config import load_spec, spec_from_dict
 from mtl_search.data import SPLITS, prepare
 from mtl_search.errors import DataError, SpecError
 from mtl_search.experiment import resolved_spec
+from mtl_search.spec_file import load_spec, spec_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "search_spaces" / "census_mmoe.yaml"

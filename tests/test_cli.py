@@ -95,6 +95,8 @@ DOCUMENTED = {
 }
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_run_in_a_fresh_process_writes_the_documented_results(write_spec, tmp_path: Path):
     spec = write_spec(planted_spec_dict(tmp_path, **{"data.params": {"rows": 400, "features": 8, "clusters": 1,
                                                                      "tasks_per_cluster": 3},

@@ -22,8 +22,9 @@ import yaml
 
 from mtl_search import jobs, storage
 from mtl_search.cli import main
-from mtl_search.config import load_spec
 from mtl_search.errors import ResultsExistError, UserError
+from mtl_search.results import load_results
+from mtl_search.spec_file import load_spec
 
 from .conftest import planted_spec_dict
 
@@ -98,7 +99,7 @@ def test_submit_wait_runs_the_search_on_a_real_head(local_head: Head, write_spec
     assert "[3/3, " in done.stdout and "top groupings" in done.stdout  # the job's log, streamed
     assert f"job {job_id}: SUCCEEDED" in done.stderr
 
-    board = storage.read_result_csv(tmp_path / "results" / "planted")
+    board = load_results(tmp_path / "results" / "planted").leaderboard
     assert list(board["rank"]) == [1, 2]
     assert set(board["grouping"]) == {"a0+a1", "a0|a1"}
     assert board["valid_score"].notna().all() and board["score"].notna().all()
@@ -253,15 +254,15 @@ def test_uri_results_are_never_overwritten_silently(tmp_path: Path):
     staged.mkdir()
     pd.DataFrame({"rank": [1], "grouping": ["a|b"]}).to_csv(staged / "leaderboard.csv", index=False)
     storage.publish_results(storage.ResultLocation(staged, uri))
-    assert storage.read_result_csv(uri)["grouping"].tolist() == ["a|b"]
+    assert pd.read_csv(tmp_path / "shared" / "run" / "leaderboard.csv")["grouping"].tolist() == ["a|b"]
 
     with pytest.raises(ResultsExistError, match="--overwrite"):
         storage.prepare_remote_dir(uri)
     assert (tmp_path / "shared" / "run" / "leaderboard.csv").exists()
     storage.prepare_remote_dir(uri, overwrite=True)
     assert not any((tmp_path / "shared" / "run").iterdir())
-    with pytest.raises(UserError, match="no leaderboard.csv"):
-        storage.read_result_csv(uri)
+    with pytest.raises(UserError, match="no leaderboard.csv at file://"):
+        load_results(uri)
 
 
 def test_uri_helpers():
@@ -272,8 +273,8 @@ def test_uri_helpers():
 
 
 def test_a_run_with_a_uri_output_publishes_its_results(ray_local, tmp_path: Path):
-    from mtl_search.config import spec_from_dict
     from mtl_search.experiment import run_experiment
+    from mtl_search.spec_file import spec_from_dict
 
     uri = f"file://{tmp_path}/bucket/results"
     spec = spec_from_dict(planted_spec_dict(tmp_path, **TINY, output=uri))
@@ -283,7 +284,7 @@ def test_a_run_with_a_uri_output_publishes_its_results(ray_local, tmp_path: Path
     for name in ("config.yaml", "run.json", "trials.csv", "groups.csv", "leaderboard.csv"):
         assert (published / name).is_file(), name
     assert result.result_dir != published  # it ran in a local staging folder
-    board = storage.read_result_csv(f"{uri}/planted")
+    board = load_results(f"{uri}/planted").leaderboard
     assert set(board["grouping"]) == {"a0+a1", "a0|a1"}
     with pytest.raises(ResultsExistError):
         run_experiment(spec, echo=lambda line: None)

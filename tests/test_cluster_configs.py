@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from mtl_search.config import ExperimentSpec, load_spec
+from mtl_search.config import ExperimentSpec
+from mtl_search.spec_file import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"

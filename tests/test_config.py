@@ -7,8 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mtl_search.config import Domain, apply_overrides, load_spec, parse_head_sizes, spec_from_dict
+from mtl_search.domain import Domain, parse_head_sizes
 from mtl_search.errors import SpecError
+from mtl_search.spec_file import apply_overrides, load_spec, spec_from_dict
+
+from .conftest import planted_spec_dict
 
 MINIMAL = {"name": "t", "data": {"source": "builtin:planted"}}
 
@@ -166,3 +169,34 @@ def test_bad_override_syntax():
         apply_overrides(MINIMAL, ["search.num_samples"])
     with pytest.raises(SpecError, match="holds a value"):
         apply_overrides(MINIMAL, ["name.x=1"])
+
+
+def test_num_samples_must_cover_every_group():
+    spec = spec_from_dict({"name": "t", "data": {"source": "builtin:planted"}, "search": {"num_samples": 2}})
+    with pytest.raises(SpecError, match=r"num_samples=2.*3 candidate groups"):
+        spec.num_samples(["a", "b", "a+b"])
+    auto = spec_from_dict({"name": "t", "data": {"source": "builtin:planted"}})
+    assert auto.num_samples(["a", "b", "a+b"]) == 6
+    one_each = spec_from_dict({"name": "t", "data": {"source": "builtin:planted"}, "search": {"num_samples": "groups"}})
+    assert one_each.num_samples(["a", "b", "a+b"]) == 3
+
+
+def test_space_defaults_are_each_domains_default():
+    spec = spec_from_dict({**MINIMAL, "space": {"depth": {"int": [1, 3]}, "lr": {"float": [1e-4, 1e-2], "log": True},
+                                                "width": {"choice": [32, 64]}}})
+    defaults = spec.space.defaults()
+    assert defaults["depth"] == 2 and defaults["width"] == 32 and defaults["lr"] == pytest.approx(1e-3)
+    assert set(defaults) == set(spec.space.domains())
+
+
+def spec(tmp_path: Path, **overrides):
+    return spec_from_dict(planted_spec_dict(tmp_path, **overrides))
+
+
+def test_config_refuses_cuda_graphs_on_without_a_gpu(tmp_path: Path):
+    with pytest.raises(SpecError, match="gpus_per_worker is 0"):
+        spec(tmp_path, **{"train.cuda_graphs": "on", "resources.gpus_per_worker": 0})
+    with pytest.raises(SpecError, match="rlw"):
+        spec(tmp_path, **{"train.cuda_graphs": True, "resources.gpus_per_worker": 1,  # YAML's bare `on`
+                          "space.weighting": {"choice": ["equal", "rlw"]}})
+    assert spec(tmp_path, **{"train.cuda_graphs": "on", "resources.gpus_per_worker": 0.5}).train.cuda_graphs == "on"

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtl_search.config import spec_from_dict
-from mtl_search.data import SPLITS, prepare
+from mtl_search.data import SPLITS, prepare, raw_features
 from mtl_search.errors import DataError
+from mtl_search.spec_file import spec_from_dict
 
 TASKS = {"price": {"column": "price", "type": "regression"},
          "sold": {"column": "sold", "type": "binary"},
@@ -162,3 +162,19 @@ def test_builtin_census_uses_its_documented_tasks():
     assert not {t.column for t in data.tasks.values()} & set(data.input_columns)
     union = data.splits["train"].mask["union"].mean()
     assert 0.05 < union < 0.2
+
+
+def test_raw_features_split_like_the_prepared_arrays():
+    spec = spec_from_dict({"name": "t", "data": {"source": "builtin:planted", "params": {"rows": 300}}})
+    data = prepare(spec)
+    features = raw_features(spec.data, data)
+    assert {split: len(frame) for split, frame in features.items()} == {s: data.splits[s].rows for s in data.splits}
+    assert list(features["train"].columns) == data.input_columns
+
+
+def test_raw_census_text_columns_become_categories_from_training():
+    spec = spec_from_dict({"name": "t", "data": {"source": "builtin:census_income"}})
+    data = prepare(spec)
+    features = raw_features(spec.data, data)
+    assert str(features["train"]["education"].dtype) == "category"
+    assert features["valid"]["education"].cat.categories.equals(features["train"]["education"].cat.categories)

@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtl_search.config import spec_from_dict
-from mtl_search.data import prepare
+from mtl_search.data import prepare, raw_features
 from mtl_search.experiment import confirm_groupings, run_experiment
+from mtl_search.spec_file import spec_from_dict
+from mtl_search.trial import TrialSettings
 
 from .conftest import planted_spec_dict
 
@@ -41,7 +42,9 @@ def test_confirm_reports_the_test_split(ray_local, tmp_path: Path):
     # numbers must be that trial's *test* numbers, not its validation ones.
     data = prepare(spec)
     top = result.leaderboard.head(1)
-    same_seed = confirm_groupings(spec, data, top, result.groups, result.trials, [spec.seed], top_k=1, echo=quiet)
+    settings = TrialSettings.from_spec(spec, gpus_per_worker=0)
+    same_seed = confirm_groupings(spec, data, raw_features(spec.data, data), settings, top, result.groups,
+                                  result.trials, [spec.seed], top_k=1, echo=quiet)
     best = result.groups.set_index("group")
     for _, row in same_seed[(same_seed["task"] != "all") & same_seed["rank"].notna()].iterrows():
         group = best.loc[row["group"]]

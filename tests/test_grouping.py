@@ -121,7 +121,7 @@ def test_affinity_strategy_trains_the_groups_of_its_top_groupings():
     assert grouping_id(top[0][1]) == "a+b|c+d" and top[0][0] == pytest.approx(0.5)
     groups = make_strategy("affinity", top_k=1).propose(tasks, planted_affinity())
     assert groups == ["a", "b", "c", "d", "a+b", "c+d"]
-    with pytest.raises(ValueError, match="affinity matrix"):
+    with pytest.raises(ValueError, match="affinity must be the measured T x T matrix"):
         make_strategy("affinity").propose(tasks)
 
 

@@ -7,7 +7,8 @@ import itertools
 import pytest
 import torch
 
-from mtl_search.model import Architecture, MultiTaskNet
+from mtl_search.model import MultiTaskNet
+from mtl_search.trial import Architecture
 
 OUTPUTS = {"reg": 1, "bin": 1, "cls": 4}
 

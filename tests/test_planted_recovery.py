@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 
 from mtl_search.cli import main
-from mtl_search.config import spec_from_dict
 from mtl_search.datasets.planted import planted_grouping
 from mtl_search.experiment import run_experiment
+from mtl_search.spec_file import spec_from_dict
 
 
 def test_run_ranks_the_planted_grouping_first(ray_local, write_spec, tmp_path: Path):

@@ -6,19 +6,51 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
-from mtl_search.config import spec_from_dict
+from mtl_search.config import TrainSpec
+from mtl_search.data import PreparedData
 from mtl_search.experiment import run_experiment
-from mtl_search.ray_train import trial_resources
+from mtl_search.ray_session import resolve_gpus
+from mtl_search.ray_train import _fit_from_config, trial_resources, worker_resources
+from mtl_search.spec_file import spec_from_dict
+from mtl_search.trial import TrialSettings
 
 from .conftest import planted_spec_dict
 
 
 def test_trial_resources():
     # A TorchTrainer trial is only a driver: its workers hold the CPUs, so it asks for none.
-    assert trial_resources("train", cpus_per_worker=2, gpus_per_worker=1) == {"cpu": 0, "memory": 1}
-    assert trial_resources("inline", cpus_per_worker=2, gpus_per_worker=0) == {"cpu": 2}
-    assert trial_resources("inline", cpus_per_worker=1, gpus_per_worker=0.25) == {"cpu": 1, "gpu": 0.25}
+    assert trial_resources("train", TrialSettings(cpus_per_worker=2, gpus_per_worker=1)) == {"cpu": 0, "memory": 1}
+    assert trial_resources("inline", TrialSettings(cpus_per_worker=2, gpus_per_worker=0)) == {"cpu": 2}
+    assert trial_resources("inline", TrialSettings(cpus_per_worker=1, gpus_per_worker=0.25)) == {"cpu": 1,
+                                                                                                "gpu": 0.25}
+
+
+def test_fractional_gpus_per_worker_become_trial_and_worker_shares(tmp_path: Path):
+    quarter = spec_from_dict(planted_spec_dict(tmp_path, **{"resources.gpus_per_worker": 0.25}))
+    assert resolve_gpus(quarter) == 0.25
+    settings = TrialSettings.from_spec(quarter, gpus_per_worker=resolve_gpus(quarter))
+    assert trial_resources("inline", settings) == {"cpu": 1, "gpu": 0.25}
+    assert worker_resources(settings) == {"CPU": 1.0, "GPU": 0.25}
+    assert worker_resources(TrialSettings(cpus_per_worker=2, gpus_per_worker=0)) == {"CPU": 2.0}
+
+
+def test_trial_settings_travel_beside_the_sampled_config(planted_data: PreparedData):
+    config = {"group": "a0+a1", "depth": 1, "sharing_depth": 1, "width": 8, "head_sizes": "", "weighting": "equal",
+              "lr": 0.01, "epochs": 1, "batch_size": 64, "weight_decay": 0.0, "dropout": 0.0}
+    threads = torch.get_num_threads()
+    try:
+        # The trial function hands the device options to fit: `on` on a CPU fails with the reason.
+        with pytest.raises(ValueError, match="cuda_graphs is 'on'"):
+            _fit_from_config(config, TrialSettings(train=TrainSpec(cuda_graphs="on")), planted_data, "cpu",
+                             lambda metrics, state: None)
+        reports = []
+        _fit_from_config(config, TrialSettings(cpus_per_worker=1, train=TrainSpec(amp="bf16")), planted_data, "cpu",
+                         lambda metrics, state: reports.append(metrics))
+        assert reports[-1]["status"] == "completed" and reports[-1]["threads"] == 1
+    finally:
+        torch.set_num_threads(threads)
 
 
 def small_train_spec(tmp_path: Path, **overrides):

@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mtl_search.config import spec_from_dict
 from mtl_search.experiment import run_experiment
+from mtl_search.spec_file import spec_from_dict
 
 from .conftest import planted_spec_dict
 
@@ -36,6 +36,8 @@ def reported(tune_dir: Path) -> dict[str, list[dict]]:
     return results
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_a_killed_run_resumes_without_retraining_finished_trials(write_spec, tmp_path: Path):
     spec = write_spec(planted_spec_dict(tmp_path, **{
         "data.params": THREE_TASKS, "space.epochs": 12, "search.num_samples": 9,
@@ -92,6 +94,8 @@ def test_resume_without_an_interrupted_search_is_a_clear_error(tmp_path: Path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_diverging_and_raising_trials_are_recorded_and_the_search_finishes(write_spec, tmp_path: Path):
     spec = write_spec(planted_spec_dict(tmp_path, **{
         "data.params": {"rows": 300, "features": 8, "latent_dim": 2, "clusters": 1, "tasks_per_cluster": 2},

@@ -10,15 +10,9 @@ from matplotlib import image
 
 from mtl_search import cli
 from mtl_search.errors import UserError
-from mtl_search.report import (
-    AFFINITY_PNG,
-    COST_FRONT_PNG,
-    REPORT_HTML,
-    TASK_METRICS_PNG,
-    TOP_GROUPINGS_PNG,
-    pareto_front,
-    write_report,
-)
+from mtl_search.plots import pareto_front
+from mtl_search.report import write_report
+from mtl_search.results import AFFINITY_PNG, COST_FRONT_PNG, REPORT_HTML, TASK_METRICS_PNG, TOP_GROUPINGS_PNG
 from tests.test_review import make_result_dir
 
 ALL_PLOTS = {TOP_GROUPINGS_PNG, COST_FRONT_PNG, TASK_METRICS_PNG, AFFINITY_PNG}

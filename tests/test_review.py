@@ -16,7 +16,8 @@ import yaml
 from mtl_search import cli
 from mtl_search.errors import UserError
 from mtl_search.leaderboard import rank_groupings
-from mtl_search.review import load_results, parse_rank_key, rerank, show_compare, show_leaderboard
+from mtl_search.results import load_results
+from mtl_search.review import parse_rank_key, rerank, show_compare, show_leaderboard
 
 TYPES = {"a": "regression", "b": "binary", "c": "multiclass"}
 METRIC = {"regression": "rmse", "binary": "auc", "multiclass": "accuracy"}

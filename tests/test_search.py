@@ -8,9 +8,8 @@ import optuna
 import pandas as pd
 import pytest
 
-from mtl_search.config import spec_from_dict
-from mtl_search.errors import SpecError
-from mtl_search.search import MULTI_TASK_ONLY, DefineByRunSpace, resolve_num_samples, seed_points
+from mtl_search.search import MULTI_TASK_ONLY, DefineByRunSpace, seed_points
+from mtl_search.spec_file import spec_from_dict
 
 from .conftest import planted_spec_dict
 
@@ -98,16 +97,6 @@ def test_seed_points_set_scheme_hyperparameters_only_where_they_are_sampled():
     space = DefineByRunSpace(spec.space.domains(), ("a", "a+b"), spec.space.weighting_params)
     space(trial)
     assert trial.params["static.weight_a"] == 1.0 and trial.params["weighting"] == "static"
-
-
-def test_num_samples_must_cover_every_group():
-    spec = spec_from_dict({"name": "t", "data": {"source": "builtin:planted"}, "search": {"num_samples": 2}})
-    with pytest.raises(SpecError, match=r"num_samples=2.*3 candidate groups"):
-        resolve_num_samples(spec, GROUPS)
-    auto = spec_from_dict({"name": "t", "data": {"source": "builtin:planted"}})
-    assert resolve_num_samples(auto, GROUPS) == 6
-    one_each = spec_from_dict({"name": "t", "data": {"source": "builtin:planted"}, "search": {"num_samples": "groups"}})
-    assert resolve_num_samples(one_each, GROUPS) == 3
 
 
 def run(tmp_path: Path, **overrides) -> tuple[pd.DataFrame, Path]:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mtl_search.config import load_spec, spec_from_dict
 from mtl_search.data import SPLITS, prepare
 from mtl_search.datasets import load_builtin
+from mtl_search.spec_file import load_spec, spec_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = {"death": ("death", "binary"), "quit_smoking": ("qsmk", "binary"), "weight_change": ("wt82_71", "regression"),

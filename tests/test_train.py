@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from mtl_search.data import PreparedData
-from mtl_search.train import TrialParams, fit, predict
+from mtl_search.train import fit, predict
+from mtl_search.trial import TrialParams
 from mtl_search.weighting import WEIGHTINGS
 
 
@@ -93,7 +94,8 @@ def test_same_seed_same_result(planted_data: PreparedData):
 
 
 def test_predict_is_chunked_and_side_effect_free(planted_data: PreparedData):
-    from mtl_search.model import Architecture, MultiTaskNet
+    from mtl_search.model import MultiTaskNet
+    from mtl_search.trial import Architecture
 
     net = MultiTaskNet(planted_data.num_features, {"a0": 1}, Architecture(1, 1, 8, dropout=0.5))
     net.train()
@@ -147,9 +149,9 @@ def test_gradient_schemes_without_shared_layers_train_like_their_loss(planted_da
 
 
 def test_gradient_step_writes_the_schemes_direction_into_the_shared_layers(planted_data: PreparedData):
-    from mtl_search.metrics import masked_loss
+    from mtl_search.losses import masked_loss
     from mtl_search.model import MultiTaskNet
-    from mtl_search.train import _gradient_step, _shared_layout
+    from mtl_search.step import gradient_step, shared_layout
     from mtl_search.weighting import make_weighting
 
     torch.manual_seed(0)
@@ -165,12 +167,12 @@ def test_gradient_step_writes_the_schemes_direction_into_the_shared_layers(plant
                                         torch.as_tensor(split.mask[t][:128])) for t in MIXED])
 
     scheme = make_weighting("pcgrad", MIXED)
-    layout = _shared_layout(model, scheme)
+    layout = shared_layout(model, scheme)
     assert layout is not None and layout.parameters == model.shared_parameters()
     last_weight = model.shared_parameters()[-2]  # the last shared Linear's weight matrix
     assert layout.last_layer.stop == sum(p.numel() for p in model.shared_parameters()[:-1])
     assert layout.last_layer.stop - layout.last_layer.start == last_weight.numel()
-    _gradient_step(scheme, losses(), layout)
+    gradient_step(scheme, losses(), layout)
     got = torch.cat([p.grad.reshape(-1) for p in layout.parameters])
     head = model.heads["b0"][-1].weight
     head_grad = head.grad.clone()
@@ -186,7 +188,7 @@ def test_gradient_step_writes_the_schemes_direction_into_the_shared_layers(plant
 
 
 def test_gradient_schemes_refuse_data_parallel_training(planted_data: PreparedData):
-    from mtl_search.train import Distributed
+    from mtl_search.step import Distributed
 
     with pytest.raises(ValueError, match=r"'pcgrad'.*data-parallel.*workers_per_trial"):
         fit(planted_data, MIXED, params(weighting="pcgrad"), distributed=Distributed(rank=0, world_size=2))

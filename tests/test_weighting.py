@@ -9,20 +9,11 @@ import inspect
 import pytest
 import torch
 
-from mtl_search.config import Domain, spec_from_dict
-from mtl_search.errors import SpecError
-from mtl_search.weighting import (
-    WEIGHTINGS,
-    Equal,
-    SharedGradients,
-    Weighting,
-    config_params,
-    make_weighting,
-    search_domains,
-)
+from mtl_search.schemes import SCHEMES
+from mtl_search.weighting import WEIGHTINGS, Equal, SharedGradients, Weighting, make_weighting
 
 TASKS = ["a", "b", "c"]
-GRADIENT_SCHEMES = sorted(name for name, cls in WEIGHTINGS.items() if cls.needs_task_gradients)
+GRADIENT_SCHEMES = sorted(name for name, scheme in SCHEMES.items() if scheme.needs_task_gradients)
 
 
 def conflicting_gradients(seed: int = 0, tasks: int = 3, size: int = 7) -> SharedGradients:
@@ -37,6 +28,12 @@ def step(scheme: Weighting, losses: torch.Tensor, gradients: SharedGradients) ->
     direction = scheme.shared_gradient(losses, gradients) if scheme.needs_task_gradients else None
     scheme.combine(losses)
     return direction
+
+
+def test_every_declared_scheme_has_one_implementation_and_no_other():
+    assert sorted(WEIGHTINGS) == sorted(SCHEMES)
+    for name, cls in WEIGHTINGS.items():
+        assert cls.scheme is SCHEMES[name]
 
 
 @pytest.mark.parametrize("name", sorted(WEIGHTINGS))
@@ -66,7 +63,7 @@ def test_contract(name: str):
 def test_declared_hyperparameters_are_constructor_arguments_with_valid_defaults(name: str):
     cls = WEIGHTINGS[name]
     signature = inspect.signature(cls.__init__)
-    for param, spec in cls.hyperparameters.items():
+    for param, spec in cls.scheme.hyperparameters.items():
         assert signature.parameters[param].kind is inspect.Parameter.KEYWORD_ONLY, param
         assert spec.doc, param
         for value in spec.default.candidates():
@@ -126,64 +123,3 @@ def test_unknown_or_bad_parameters_are_rejected_with_the_valid_ones():
 def test_per_task_parameters_arrive_by_task_name():
     scheme = make_weighting("static", TASKS, weight_c=2.0, weight_a=1.0, weight_b=1.0)
     assert scheme.weights().tolist() == pytest.approx([0.75, 0.75, 1.5])
-
-
-def test_search_domains_expand_per_task_parameters_and_take_overrides():
-    assert search_domains("dwa", TASKS, {}) == {"dwa.temperature": Domain.const(2.0)}
-    wide = Domain("float", (1.0, 4.0))
-    assert search_domains("dwa", TASKS, {"dwa.temperature": wide}) == {"dwa.temperature": wide}
-    static = search_domains("static", ["x", "y"], {})
-    assert list(static) == ["static.weight_x", "static.weight_y"]
-    assert static["static.weight_x"] == Domain("float", (0.1, 10.0), log=True)
-    assert search_domains("gradnorm", TASKS, {}) == {"gradnorm.alpha": Domain.const(1.5),
-                                                     "gradnorm.lr": Domain.const(0.025)}
-    assert search_domains("equal", TASKS, {}) == {}
-    assert search_domains("dwa", ["a"], {"dwa.temperature": wide}) == {}  # one task trains plainly
-
-
-def test_config_params_takes_only_the_chosen_scheme():
-    config = {"weighting": "dwa", "dwa.temperature": 3.0, "gradnorm.alpha": 1.0, "lr": 0.1}
-    assert config_params("dwa", config) == {"temperature": 3.0}
-    assert config_params("equal", config) == {}
-
-
-# --------------------------------------------------------------------------- the spec's weighting_params
-
-
-def space(**space: object) -> dict:
-    return {"name": "t", "data": {"source": "builtin:planted"}, "space": space}
-
-
-def test_spec_weighting_params_accept_constants_ranges_and_the_nested_form():
-    spec = spec_from_dict(space(weighting={"choice": ["equal", "dwa", "gradnorm", "static"]},
-                                weighting_params={"dwa.temperature": {"float": [1, 4]}, "gradnorm.alpha": 0.5,
-                                                  "static": {"weight": {"float": [0.5, 2.0], "log": True}}}))
-    params = spec.space.weighting_params
-    assert params == {"dwa.temperature": Domain("float", (1.0, 4.0)), "gradnorm.alpha": Domain.const(0.5),
-                      "static.weight": Domain("float", (0.5, 2.0), log=True)}
-    assert "weighting_params" not in spec.space.domains()
-    dumped = spec.model_dump(mode="json")["space"]["weighting_params"]
-    assert dumped == {"dwa.temperature": {"float": [1.0, 4.0]}, "gradnorm.alpha": 0.5,
-                      "static.weight": {"float": [0.5, 2.0], "log": True}}
-    assert spec_from_dict(space(weighting={"choice": ["equal", "dwa", "gradnorm", "static"]},
-                                weighting_params=dumped)).space.weighting_params == params
-
-
-@pytest.mark.parametrize(("params", "message"), [
-    ({"dwa.temprature": 3}, r"space.weighting_params: dwa.temprature: unknown scheme parameter; valid: cagrad.c, "
-                            r"dwa.temperature, gradnorm.alpha, gradnorm.lr, static.weight \(did you mean "
-                            r"'dwa.temperature'\?\)"),
-    ({"magic.x": 3}, r"magic.x: unknown scheme parameter; valid: cagrad.c"),
-    ({"dwa.temperature": {"float": [-1, 4]}}, r"dwa.temperature: -1.0: must be a number > 0"),
-    ({"cagrad.c": 0.2}, r"weighting_params sets cagrad.c, but space.weighting never chooses cagrad"),
-])
-def test_spec_weighting_params_errors_name_the_key(params: dict, message: str):
-    with pytest.raises(SpecError, match=message):
-        spec_from_dict(space(weighting={"choice": ["equal", "dwa"]}, weighting_params=params))
-
-
-def test_spec_rejects_gradient_schemes_with_data_parallel_trials():
-    raw = space(weighting={"choice": ["equal", "pcgrad"]})
-    with pytest.raises(SpecError, match=r"space.weighting may choose pcgrad.*resources.workers_per_trial is 2"):
-        spec_from_dict({**raw, "resources": {"workers_per_trial": 2}})
-    spec_from_dict({**space(weighting={"choice": ["equal", "dwa"]}), "resources": {"workers_per_trial": 2}})

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from mtl_search.datasets._table import BuiltinTable
+from mtl_search.grouping import group_id, grouping_id
 
 TYPES = ("regression", "binary", "multiclass")
 
@@ -40,8 +41,6 @@ def task_names(clusters: int, tasks_per_cluster: int) -> list[list[str]]:
 
 def planted_grouping(clusters: int, tasks_per_cluster: int) -> str:
     """The grouping id that matches the planted clusters."""
-    from mtl_search.grouping import group_id, grouping_id
-
     return grouping_id(group_id(names) for names in task_names(clusters, tasks_per_cluster))
 
 

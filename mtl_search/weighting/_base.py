@@ -2,11 +2,11 @@
 
 Two kinds of scheme share one base class:
 
-*Loss-level* schemes (``needs_task_gradients = False``) turn the vector of
+*Loss-level* schemes (``Scheme.level == "loss"``) turn the vector of
 per-task losses into one scalar with :meth:`Weighting.combine`; the trainer
 backpropagates it into every parameter.
 
-*Gradient-level* schemes (``needs_task_gradients = True``) also see, every
+*Gradient-level* schemes (``Scheme.level == "gradient"``) also see, every
 step, each task's gradient of the group's shared parameters and return the
 update direction for those parameters from :meth:`Weighting.shared_gradient`.
 The trainer then backpropagates :meth:`Weighting.combine` into the task-specific
@@ -32,51 +32,15 @@ Conventions:
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from mtl_search.config import Domain
-
-
-@dataclass(frozen=True)
-class Hyperparameter:
-    """One hyperparameter of a scheme: its default search domain and the values it accepts.
-
-    The spec's ``space.weighting_params`` may replace the default domain (key
-    ``<scheme>.<name>``); the search then samples it only for trials that use the
-    scheme. Values must lie in ``low..high`` (``low`` excluded when ``low_open``).
-
-    Args:
-        default: the domain searched when the spec says nothing (a constant: the paper's value).
-        doc: one line for the README and error messages.
-        low, high, low_open: the accepted values.
-        per_task: one value per task of the group: sampled as ``<scheme>.<name>_<task>`` and
-            passed to the scheme as a tuple in task order.
-    """
-
-    default: Domain
-    doc: str
-    low: float = -math.inf
-    high: float = math.inf
-    low_open: bool = False
-    per_task: bool = False
-
-    def check(self, value: Any) -> str | None:
-        """Why ``value`` is not accepted, or None."""
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if ok:
-            ok = (value > self.low if self.low_open else value >= self.low) and value <= self.high
-        if ok:
-            return None
-        if math.isinf(self.high):
-            return f"must be a number {'>' if self.low_open else '>='} {self.low:g}"
-        return f"must be a number in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+from mtl_search.schemes import Scheme
 
 
 @dataclass(frozen=True)
@@ -101,9 +65,9 @@ class Weighting(nn.Module, ABC):
     log-variances) are trained by the same optimiser as the network, and so that
     its state (buffers, random generator) travels in checkpoints.
 
-    Subclasses set ``name``, declare ``hyperparameters`` (keyword arguments of
-    ``__init__``) and implement :meth:`combine` and :meth:`weights`; gradient-level
-    schemes set ``needs_task_gradients`` and implement :meth:`shared_gradient`.
+    Subclasses set ``scheme`` (their declaration in :data:`mtl_search.schemes.SCHEMES`, whose
+    hyperparameters are the keyword arguments of ``__init__``) and implement :meth:`combine`
+    and :meth:`weights`; gradient-level schemes also implement :meth:`shared_gradient`.
     Schemes that adapt between epochs override :meth:`end_epoch`.
 
     Args:
@@ -111,26 +75,27 @@ class Weighting(nn.Module, ABC):
         seed: seeds the scheme's own random generator (:attr:`generator`).
     """
 
-    name: ClassVar[str]
-    #: Whether the trainer must hand the scheme per-task gradients of the shared
-    #: parameters (gradient-manipulation schemes); loss-level schemes leave it False.
-    needs_task_gradients: ClassVar[bool] = False
-    #: Whether the scheme's per-step work (:meth:`combine`, :meth:`weights`) is safe to capture in a
-    #: CUDA graph and replay: device tensors only, no host-side decisions, no CPU random generator, no
-    #: reading values back to the host. The trainer replays a captured step only for such schemes.
-    capturable: ClassVar[bool] = False
-    #: Keyword arguments of ``__init__`` that the search may sample, with their defaults.
-    hyperparameters: ClassVar[Mapping[str, Hyperparameter]] = {}
+    #: The scheme's declaration (name, level, capturable, hyperparameters) in :data:`mtl_search.schemes.SCHEMES`.
+    scheme: ClassVar[Scheme]
 
     def __init__(self, tasks: Sequence[str], *, seed: int = 0) -> None:
         super().__init__()
         if not tasks:
-            raise ValueError("a weighting needs at least one task")
+            raise ValueError(f"tasks must hold at least one task name, but got {tasks=}.")
         self.tasks = tuple(tasks)
         self.seed = seed
         # On the CPU whatever the device: a scheme draws a few numbers per step, and a CPU generator's
         # state is the same on every machine, so a checkpoint resumes anywhere.
         self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def name(self) -> str:
+        return self.scheme.name
+
+    @property
+    def needs_task_gradients(self) -> bool:
+        """Whether the trainer must hand the scheme every task's gradient of the shared parameters."""
+        return self.scheme.needs_task_gradients
 
     @property
     def num_tasks(self) -> int:
@@ -166,49 +131,6 @@ class Weighting(nn.Module, ABC):
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
 
-    @classmethod
-    def resolve_params(cls, tasks: Sequence[str], params: Mapping[str, Any]) -> dict[str, Any]:
-        """Keyword arguments for ``__init__`` from sampled values.
-
-        A per-task hyperparameter ``p`` may come as ``p`` (a sequence in task order)
-        or as one ``p_<task>`` per task (how the search samples it).
-
-        Raises:
-            ValueError: an unknown parameter, or a per-task one given for only some tasks.
-        """
-        out: dict[str, Any] = {}
-        rest = dict(params)
-        for name, spec in cls.hyperparameters.items():
-            if name in rest:
-                out[name] = rest.pop(name)
-            elif spec.per_task:
-                keys = [f"{name}_{task}" for task in tasks]
-                given = [key for key in keys if key in rest]
-                if given and len(given) != len(keys):
-                    missing = sorted(set(keys) - set(given))
-                    raise ValueError(f"{cls.name}: {name} needs one value per task; missing {', '.join(missing)}")
-                if given:
-                    out[name] = tuple(float(rest.pop(key)) for key in keys)
-        if rest:
-            valid = [f"{n}_<task>" if s.per_task else n for n, s in cls.hyperparameters.items()]
-            raise ValueError(f"{cls.name}: unknown parameter(s) {', '.join(sorted(rest))}; "
-                             f"valid: {', '.join(valid) or '(none)'}")
-        return out
-
-
-def check_hyperparameters(scheme: type[Weighting], values: Mapping[str, Any]) -> None:
-    """Validate constructor arguments against the scheme's declarations (per-task values each).
-
-    Raises:
-        ValueError: naming the scheme, the argument and its value.
-    """
-    for name, value in values.items():
-        spec = scheme.hyperparameters[name]
-        for item in (value if spec.per_task else (value,)):
-            problem = spec.check(item)
-            if problem:
-                raise ValueError(f"{scheme.name} {name} {problem}, but got {item!r}.")
-
 
 class GramWeighting(Weighting):
     """A gradient-level scheme that weighs the tasks' shared gradients by solving a ``T x T`` problem.
@@ -218,8 +140,6 @@ class GramWeighting(Weighting):
     ``sum_k w_k g_k``, and ``weight/<task>`` logs ``w``. Task-specific layers train
     on the plain sum of the losses.
     """
-
-    needs_task_gradients = True
 
     def __init__(self, tasks: Sequence[str], *, seed: int = 0) -> None:
         super().__init__(tasks, seed=seed)

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import torch
 
-from mtl_search.config import Domain
-from mtl_search.weighting._base import GramWeighting, Hyperparameter, check_hyperparameters
+from mtl_search.schemes import SCHEMES
+from mtl_search.weighting._base import GramWeighting
 
 
 class CAGrad(GramWeighting):
@@ -33,18 +33,14 @@ class CAGrad(GramWeighting):
             guarantee needs ``c < 1``). Default 0.4 (the paper's setting for NYUv2 and Cityscapes).
     """
 
-    name = "cagrad"
-    hyperparameters = {
-        "c": Hyperparameter(Domain.const(0.4), "radius around the average gradient, relative to its norm",
-                            low=0.0, high=0.999),
-    }
+    scheme = SCHEMES["cagrad"]
     #: Projected-gradient iterations of the dual per step (at most), and the change that ends them early.
     max_iterations = 100
     tolerance = 1e-9
 
     def __init__(self, tasks: Sequence[str], *, seed: int = 0, c: float = 0.4) -> None:
         super().__init__(tasks, seed=seed)
-        check_hyperparameters(type(self), {"c": c})
+        self.scheme.check({"c": c})
         self.c = float(c)
         self.register_buffer("_dual", torch.full((self.num_tasks,), 1.0 / self.num_tasks, dtype=torch.float64))
         self.register_buffer("_weights", torch.ones(self.num_tasks))

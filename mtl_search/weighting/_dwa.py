@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
-from mtl_search.config import Domain
-from mtl_search.weighting._base import Hyperparameter, Weighting, check_hyperparameters
+from mtl_search.schemes import SCHEMES
+from mtl_search.weighting._base import Weighting
 
 
 class DWA(Weighting):
@@ -21,16 +21,11 @@ class DWA(Weighting):
         temperature: ``T`` > 0; larger values flatten the weights towards 1. Default 2 (the paper's).
     """
 
-    name = "dwa"
-    capturable = True  # weights change only in end_epoch (outside the step), in place: safe to replay
-    hyperparameters = {
-        "temperature": Hyperparameter(Domain.const(2.0), "softmax temperature T (larger: flatter weights)",
-                                      low=0.0, low_open=True),
-    }
+    scheme = SCHEMES["dwa"]
 
     def __init__(self, tasks: Sequence[str], *, seed: int = 0, temperature: float = 2.0) -> None:
         super().__init__(tasks, seed=seed)
-        check_hyperparameters(type(self), {"temperature": temperature})
+        self.scheme.check({"temperature": temperature})
         self.temperature = float(temperature)
         # Buffers, so a checkpoint (state_dict) carries the loss history along with the weights.
         self.register_buffer("_last_losses", torch.ones(2, self.num_tasks))

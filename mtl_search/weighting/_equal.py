@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from mtl_search.schemes import SCHEMES
 from mtl_search.weighting._base import Weighting
 
 
@@ -16,8 +17,7 @@ class Equal(Weighting):
     every other scheme reduces to it for a group of one task.
     """
 
-    name = "equal"
-    capturable = True  # a sum of device tensors: safe to replay from a CUDA graph
+    scheme = SCHEMES["equal"]
 
     def __init__(self, tasks: Sequence[str], *, seed: int = 0) -> None:
         super().__init__(tasks, seed=seed)

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from mtl_search.config import Domain
-from mtl_search.weighting._base import Hyperparameter, SharedGradients, Weighting, check_hyperparameters, combination
+from mtl_search.schemes import SCHEMES
+from mtl_search.weighting._base import SharedGradients, Weighting, combination
 
 
 class GradNorm(Weighting):
@@ -37,19 +37,12 @@ class GradNorm(Weighting):
         lr: step size of the weights. Default 0.025.
     """
 
-    name = "gradnorm"
-    needs_task_gradients = True
-    hyperparameters = {
-        "alpha": Hyperparameter(Domain.const(1.5), "asymmetry: how strongly slow tasks are favoured", low=0.0,
-                                high=10.0),
-        "lr": Hyperparameter(Domain.const(0.025), "step size of the loss weights", low=0.0, high=1.0,
-                             low_open=True),
-    }
+    scheme = SCHEMES["gradnorm"]
     min_weight = 1e-3
 
     def __init__(self, tasks: Sequence[str], *, seed: int = 0, alpha: float = 1.5, lr: float = 0.025) -> None:
         super().__init__(tasks, seed=seed)
-        check_hyperparameters(type(self), {"alpha": alpha, "lr": lr})
+        self.scheme.check({"alpha": alpha, "lr": lr})
         self.alpha = float(alpha)
         self.lr = float(lr)
         self.register_buffer("_weights", torch.ones(self.num_tasks))  # for the next step

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mtl_search.schemes import SCHEMES
 from mtl_search.weighting._base import GramWeighting
 
 
@@ -27,7 +28,7 @@ class IMTL(GramWeighting):
     (the paper's loss-scale part, IMTL-L, is not included). No hyperparameters.
     """
 
-    name = "imtl"
+    scheme = SCHEMES["imtl"]
 
     def coefficients(self, products: torch.Tensor) -> torch.Tensor:
         """``T * alpha`` from the Gram matrix ``G G^T`` (float64)."""

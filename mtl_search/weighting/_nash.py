@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from mtl_search.schemes import SCHEMES
 from mtl_search.weighting._base import GramWeighting
 
 
@@ -30,7 +31,7 @@ class NashMTL(GramWeighting):
     ``update_weights_every`` and gradient-norm clipping.
     """
 
-    name = "nash_mtl"
+    scheme = SCHEMES["nash_mtl"]
     #: Newton iterations per step (at most) and the relative residual that ends them.
     max_iterations = 50
     tolerance = 1e-8

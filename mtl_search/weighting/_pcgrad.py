@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from mtl_search.schemes import SCHEMES
 from mtl_search.weighting._base import GramWeighting
 
 
@@ -25,7 +26,7 @@ class PCGrad(GramWeighting):
     generator, seeded with the trial's seed. No hyperparameters.
     """
 
-    name = "pcgrad"
+    scheme = SCHEMES["pcgrad"]
 
     def coefficients(self, products: torch.Tensor) -> torch.Tensor:
         """The update's weights: ``sum_i g_i' = sum_k (sum_i C[i, k]) g_k``."""

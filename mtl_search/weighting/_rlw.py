@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
+from mtl_search.schemes import SCHEMES
 from mtl_search.weighting._base import Weighting
 
 
@@ -20,7 +21,7 @@ class RLW(Weighting):
     the epoch's mean draw (about 1 for every task). No hyperparameters.
     """
 
-    name = "rlw"
+    scheme = SCHEMES["rlw"]
 
     def __init__(self, tasks: Sequence[str], *, seed: int = 0) -> None:
         super().__init__(tasks, seed=seed)

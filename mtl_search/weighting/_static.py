@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
-from mtl_search.config import Domain
-from mtl_search.weighting._base import Hyperparameter, Weighting, check_hyperparameters
+from mtl_search.schemes import SCHEMES
+from mtl_search.weighting._base import Weighting
 
 
 class Static(Weighting):
@@ -27,20 +27,14 @@ class Static(Weighting):
             default log-uniform on ``[0.1, 10]`` (ratios up to 100), whose middle is 1.
     """
 
-    name = "static"
-    capturable = True  # fixed weights in a buffer: safe to replay from a CUDA graph
-    hyperparameters = {
-        "weight": Hyperparameter(Domain("float", (0.1, 10.0), log=True),
-                                 "raw weight of each task (normalised to sum to T)", low=0.0, low_open=True,
-                                 per_task=True),
-    }
+    scheme = SCHEMES["static"]
 
     def __init__(self, tasks: Sequence[str], *, seed: int = 0, weight: Sequence[float] | None = None) -> None:
         super().__init__(tasks, seed=seed)
         raw = tuple(float(w) for w in weight) if weight is not None else (1.0,) * self.num_tasks
         if len(raw) != self.num_tasks:
             raise ValueError(f"static needs one weight per task ({self.num_tasks}), but got {weight=}.")
-        check_hyperparameters(type(self), {"weight": raw})
+        self.scheme.check({"weight": raw})
         values = torch.tensor(raw, dtype=torch.float32)
         self.register_buffer("_weights", self.num_tasks * values / values.sum())
 

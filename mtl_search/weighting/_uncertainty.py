@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from mtl_search.schemes import SCHEMES
 from mtl_search.weighting._base import Weighting
 
 
@@ -21,8 +22,7 @@ class Uncertainty(Weighting):
     is trained by the network's optimiser. No hyperparameters.
     """
 
-    name = "uncertainty"
-    capturable = True  # learned log-variances, device ops only: safe to replay from a CUDA graph
+    scheme = SCHEMES["uncertainty"]
 
     def __init__(self, tasks: Sequence[str], *, seed: int = 0) -> None:
         super().__init__(tasks, seed=seed)

@@ -1,38 +1,24 @@
-"""The GPU speed paths of the training loop, exercised on the CPU.
+"""The device step (:mod:`mtl_search.step`), exercised on the CPU.
 
-The CUDA-graph step protocol (:class:`mtl_search.train._GraphStep`) runs eagerly
+The CUDA-graph step protocol (:class:`mtl_search.step.GraphStep`) runs eagerly
 here with ``capture=False``: everything but the capture itself (the fixed index
 buffer, warm-up and restore, the eager final partial batch) is the code a GPU
 trial runs, so it must train exactly like the plain step. The checks that decide
-when a step is captured, bf16 autocast, the optimiser choice and fractional GPU
-shares are plain logic and are tested directly.
+when a step is captured, bf16 autocast and the optimiser choice are plain logic
+and are tested directly.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
-from mtl_search.config import SpecError, TrainSpec, spec_from_dict
+from mtl_search.config import TrainSpec
 from mtl_search.data import PreparedData
-from mtl_search.metrics import BINARY, MULTICLASS, REGRESSION, masked_loss
-from mtl_search.ray_train import _fit_from_config, train_options, trial_resources, worker_resources
-from mtl_search.train import (
-    Distributed,
-    TrainingLoop,
-    TrialParams,
-    _GraphStep,
-    _make_optimizer,
-    _Snapshot,
-    _wants_capture,
-    batch_losses,
-    capture_problems,
-)
+from mtl_search.step import Distributed, GraphStep, Snapshot, capture_problems, make_optimizer, wants_capture
+from mtl_search.train import TrainingLoop
+from mtl_search.trial import TrialParams
 from mtl_search.weighting import WEIGHTINGS, make_weighting
-
-from .conftest import planted_spec_dict
 
 TASKS = ["a0", "a1", "b0", "b1"]  # regression, binary, multiclass, regression
 CUDA = torch.device("cuda")  # a device description only: nothing is allocated on it
@@ -49,7 +35,7 @@ def loops(data: PreparedData, trial: TrialParams, tasks=TASKS, **options) -> tup
     """Two identical loops; the second runs the CUDA-graph protocol eagerly."""
     plain = TrainingLoop(data, tasks, trial, seed=3, options=TrainSpec(**options))
     graphed = TrainingLoop(data, tasks, trial, seed=3, options=TrainSpec(**options))
-    graphed.step = _GraphStep(graphed.step, trial.batch_size, capture=False)
+    graphed.step = GraphStep(graphed.step, trial.batch_size, capture=False)
     return plain, graphed
 
 
@@ -96,7 +82,7 @@ def test_snapshot_restore_undoes_the_warm_up_with_fresh_adamw_state(planted_data
     before = {k: v.clone() for k, v in loop.model.state_dict().items()}
     rng = torch.get_rng_state()
     assert not loop.optimizer.state  # AdamW creates its state lazily, at the first step
-    _GraphStep(loop.step, 64, capture=False, warmup_steps=3)
+    GraphStep(loop.step, 64, capture=False, warmup_steps=3)
     for name, value in loop.model.state_dict().items():
         assert torch.equal(value, before[name]), name
     assert torch.equal(torch.get_rng_state(), rng)  # the warm-up's dropout draws are undone too
@@ -111,7 +97,7 @@ def test_snapshot_restore_undoes_the_warm_up_with_fresh_adamw_state(planted_data
 def test_snapshot_restore_puts_back_trained_optimizer_state(planted_data: PreparedData):
     loop = TrainingLoop(planted_data, TASKS, params(weighting="uncertainty"), seed=0)
     loop.run_epoch()
-    snapshot = _Snapshot.take(loop.step)
+    snapshot = Snapshot.take(loop.step)
     saved = {id(p): {k: v.clone() for k, v in s.items()} for p, s in loop.optimizer.state.items()}
     weights = loop.weighting.log_vars.detach().clone()
     tensors = [s["exp_avg"] for s in loop.optimizer.state.values()]
@@ -124,29 +110,6 @@ def test_snapshot_restore_puts_back_trained_optimizer_state(planted_data: Prepar
             assert torch.equal(value, saved[id(parameter)][key]), key
     # Restored in place: a captured graph keeps pointing at the same tensors.
     assert all(a is s["exp_avg"] for a, s in zip(tensors, loop.optimizer.state.values(), strict=True))
-
-
-def test_batch_losses_equal_masked_loss_per_task():
-    generator = torch.Generator().manual_seed(0)
-    rows = 50
-    kinds = [REGRESSION, BINARY, MULTICLASS]
-    outputs = [torch.randn(rows, generator=generator), torch.randn(rows, generator=generator),
-               torch.randn(rows, 4, generator=generator)]
-    labels = [torch.randn(rows, generator=generator), torch.randint(0, 2, (rows,), generator=generator).float(),
-              torch.randint(0, 4, (rows,), generator=generator)]
-    masks = [torch.rand(rows, generator=generator) > p for p in (0.2, 0.5, 0.9)]
-    masks.append(torch.zeros(rows, dtype=torch.bool))  # a task with no label in the batch: loss 0
-    kinds.append(REGRESSION)
-    outputs.append(torch.randn(rows, generator=generator))
-    labels.append(torch.randn(rows, generator=generator))
-    got = batch_losses(kinds, outputs, torch.stack([y.float() for y in labels]),
-                       torch.stack([m.float() for m in masks]))
-    expected = torch.stack([masked_loss(k, o, y, m) for k, o, y, m in zip(kinds, outputs, labels, masks, strict=True)])
-    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
-    assert got[-1] == 0
-    # bf16 outputs still give float32 losses.
-    assert batch_losses(kinds, [o.bfloat16() for o in outputs], torch.stack([y.float() for y in labels]),
-                        torch.stack([m.float() for m in masks])).dtype == torch.float32
 
 
 def test_bf16_autocast_trains_on_the_cpu_with_float32_losses(planted_data: PreparedData):
@@ -181,15 +144,15 @@ def test_capture_problems_name_each_reason():
 def test_wants_capture_auto_on_off():
     equal = make_weighting("equal", ["a", "b"])
     auto, on, off = TrainSpec(cuda_graphs="auto"), TrainSpec(cuda_graphs="on"), TrainSpec(cuda_graphs="off")
-    assert _wants_capture(auto, CUDA, equal, Distributed(), shard=1000, batch_size=64)
-    assert _wants_capture(on, CUDA, equal, Distributed(), shard=1000, batch_size=64)
-    assert not _wants_capture(off, CUDA, equal, Distributed(), shard=1000, batch_size=64)
-    assert not _wants_capture(auto, CPU, equal, Distributed(), shard=1000, batch_size=64)
-    assert not _wants_capture(auto, CUDA, equal, Distributed(), shard=50, batch_size=64)
+    assert wants_capture(auto, CUDA, equal, Distributed(), shard=1000, batch_size=64)
+    assert wants_capture(on, CUDA, equal, Distributed(), shard=1000, batch_size=64)
+    assert not wants_capture(off, CUDA, equal, Distributed(), shard=1000, batch_size=64)
+    assert not wants_capture(auto, CPU, equal, Distributed(), shard=1000, batch_size=64)
+    assert not wants_capture(auto, CUDA, equal, Distributed(), shard=50, batch_size=64)
     with pytest.raises(ValueError, match=r"shorter than one batch \(64\)"):
-        _wants_capture(on, CUDA, equal, Distributed(), shard=50, batch_size=64)
+        wants_capture(on, CUDA, equal, Distributed(), shard=50, batch_size=64)
     with pytest.raises(ValueError, match="device is cpu.*world_size=2"):
-        _wants_capture(on, CPU, equal, Distributed(rank=0, world_size=2), shard=1000, batch_size=64)
+        wants_capture(on, CPU, equal, Distributed(rank=0, world_size=2), shard=1000, batch_size=64)
 
 
 def test_cuda_graphs_on_fails_a_cpu_trial_with_the_reason(planted_data: PreparedData):
@@ -197,27 +160,27 @@ def test_cuda_graphs_on_fails_a_cpu_trial_with_the_reason(planted_data: Prepared
         TrainingLoop(planted_data, TASKS, params(), options=TrainSpec(cuda_graphs="on"))
     # auto trains eagerly on the CPU, and the report says so.
     loop = TrainingLoop(planted_data, TASKS, params(), options=TrainSpec(cuda_graphs="auto"))
-    assert not loop.cuda_graph and not isinstance(loop.step, _GraphStep)
+    assert not loop.cuda_graph and not isinstance(loop.step, GraphStep)
 
 
 def test_capturing_a_cpu_step_is_refused(planted_data: PreparedData):
     loop = TrainingLoop(planted_data, TASKS, params())
     with pytest.raises(ValueError, match="needs a CUDA device, but the step is on cpu"):
-        _GraphStep(loop.step, 64, capture=True)
+        GraphStep(loop.step, 64, capture=True)
 
 
 def test_optimizer_is_fused_on_cuda_and_foreach_on_cpu():
     parameters = list(torch.nn.Linear(3, 2).parameters())
-    cpu = _make_optimizer(parameters, params(), CPU, capturable=False)
+    cpu = make_optimizer(parameters, params(), CPU, capturable=False)
     assert cpu.defaults["foreach"] is True and not cpu.defaults["fused"]
-    cuda = _make_optimizer(parameters, params(), CUDA, capturable=True)  # built, never stepped, here
+    cuda = make_optimizer(parameters, params(), CUDA, capturable=True)  # built, never stepped, here
     assert cuda.defaults["fused"] is True and cuda.defaults["capturable"] is True
 
 
 @pytest.mark.parametrize("name", sorted(WEIGHTINGS))
 def test_capturable_schemes_train_identically_through_the_graph_protocol(planted_data: PreparedData, name: str):
-    """The contract behind ``Weighting.capturable``: a marked scheme's step replays exactly."""
-    scheme = WEIGHTINGS[name]
+    """The contract behind ``Scheme.capturable``: a marked scheme's step replays exactly."""
+    scheme = WEIGHTINGS[name].scheme
     if not scheme.capturable:
         problems = capture_problems(CUDA, make_weighting(name, TASKS), Distributed())
         assert any(repr(name) in p for p in problems)
@@ -228,44 +191,3 @@ def test_capturable_schemes_train_identically_through_the_graph_protocol(planted
     assert_same_training(plain, graphed, epochs=3)  # 3 epochs: DWA's weights move after the second
 
 
-def spec(tmp_path: Path, **overrides):
-    return spec_from_dict(planted_spec_dict(tmp_path, **overrides))
-
-
-def test_config_refuses_cuda_graphs_on_without_a_gpu(tmp_path: Path):
-    with pytest.raises(SpecError, match="gpus_per_worker is 0"):
-        spec(tmp_path, **{"train.cuda_graphs": "on", "resources.gpus_per_worker": 0})
-    with pytest.raises(SpecError, match="rlw"):
-        spec(tmp_path, **{"train.cuda_graphs": True, "resources.gpus_per_worker": 1,  # YAML's bare `on`
-                          "space.weighting": {"choice": ["equal", "rlw"]}})
-    assert spec(tmp_path, **{"train.cuda_graphs": "on", "resources.gpus_per_worker": 0.5}).train.cuda_graphs == "on"
-
-
-def test_fractional_gpus_per_worker_become_trial_and_worker_shares(tmp_path: Path):
-    from mtl_search.search import resolve_gpus
-
-    quarter = spec(tmp_path, **{"resources.gpus_per_worker": 0.25})
-    assert resolve_gpus(quarter) == 0.25
-    assert trial_resources("inline", cpus_per_worker=1, gpus_per_worker=0.25) == {"cpu": 1, "gpu": 0.25}
-    assert worker_resources(cpus_per_worker=1, gpus_per_worker=0.25) == {"CPU": 1.0, "GPU": 0.25}
-    assert worker_resources(cpus_per_worker=2, gpus_per_worker=0) == {"CPU": 2.0}
-
-
-def test_train_options_travel_in_the_trial_config(planted_data: PreparedData):
-    assert train_options({}) == TrainSpec()
-    assert train_options({"train_options": {"amp": "bf16", "cuda_graphs": "off"}}) == TrainSpec(amp="bf16",
-                                                                                              cuda_graphs="off")
-    config = {"group": "a0+a1", "seed": 0, "cpus_per_worker": 1, "depth": 1, "sharing_depth": 1, "width": 8,
-              "head_sizes": "", "weighting": "equal", "lr": 0.01, "epochs": 1, "batch_size": 64,
-              "weight_decay": 0.0, "dropout": 0.0, "train_options": {"cuda_graphs": "on"}}
-    threads = torch.get_num_threads()
-    try:
-        # The trial function hands the options to fit: `on` on a CPU fails with the reason.
-        with pytest.raises(ValueError, match="cuda_graphs is 'on'"):
-            _fit_from_config(config, planted_data, "cpu", lambda metrics, state: None)
-        reports = []
-        _fit_from_config({**config, "train_options": {"amp": "bf16"}}, planted_data, "cpu",
-                         lambda metrics, state: reports.append(metrics))
-        assert reports[-1]["status"] == "completed"
-    finally:
-        torch.set_num_threads(threads)

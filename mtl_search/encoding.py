@@ -1,0 +1,212 @@
+"""Encoding a table for the networks, fitted on the training rows only.
+
+Targets: a regression target is standardised with the training mean and
+standard deviation; a classification target's classes are those seen in
+training (other values count as unlabelled). Features: numbers are imputed
+(median, plus a missing-value indicator) and standardised, other columns
+one-hot encoded (categories rarer than 10 training rows pooled).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mtl_search.config import DataSpec
+from mtl_search.errors import DataError
+from mtl_search.metrics import BINARY, MULTICLASS, REGRESSION, class_prior
+
+MISSING_CATEGORY = "__missing__"
+
+
+@dataclass(frozen=True)
+class Task:
+    """A target, as encoded for training.
+
+    Attributes:
+        name: the task's name in the spec.
+        column: the table column holding its labels.
+        type: ``regression``, ``binary`` or ``multiclass``.
+        classes: class labels in encoding order (binary: negative, positive).
+        mean, std: training statistics used to standardise a regression target.
+        positive: for a binary task derived from a column of many values, the values that
+            are its positive class (labels 1; other values 0); empty otherwise.
+    """
+
+    name: str
+    column: str
+    type: str
+    classes: tuple[str, ...] = ()
+    mean: float = 0.0
+    std: float = 1.0
+    positive: tuple[str, ...] = ()
+
+    @property
+    def outputs(self) -> int:
+        """Output units: K for K classes, else 1."""
+        return len(self.classes) if self.type == MULTICLASS else 1
+
+
+def derive_binary_targets(
+    frame: pd.DataFrame, tasks: dict[str, tuple[str, str]], spec: DataSpec, origin: str
+) -> pd.DataFrame:
+    """Replace the column of each task with ``positive`` values by its 0/1 labels (missing stays missing).
+
+    Only a target column changes, and one column serves one task, so features are untouched.
+    """
+    derived: dict[str, pd.Series] = {}
+    for name, task_spec in (spec.tasks or {}).items():
+        if task_spec.positive is None:
+            continue
+        column = tasks[name][0]
+        values = frame[column]
+        where = f"data.tasks.{name}.positive (column {column} in {origin})"
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            try:
+                wanted: list[Any] = [float(v) for v in task_spec.positive]
+            except (TypeError, ValueError):
+                raise DataError(f"{where}: the column holds numbers, but positive lists "
+                                f"{', '.join(map(repr, task_spec.positive))}") from None
+            comparable = values.astype("float64")
+            present = set(comparable.dropna().unique().tolist())
+        else:
+            wanted = [str(v) for v in task_spec.positive]
+            comparable = values.astype("string")
+            present = set(comparable.dropna().unique().tolist())
+        absent = [v for v in wanted if v not in present]
+        if absent:
+            choices = sorted(map(str, present))
+            hints = []
+            for value in absent:
+                close = difflib.get_close_matches(str(value), choices, n=1)
+                hints.append(repr(value) + (f" (did you mean {close[0]!r}?)" if close else ""))
+            shown = ", ".join(choices[:12]) + (", ..." if len(choices) > 12 else "")
+            verb = "does" if len(absent) == 1 else "do"
+            raise DataError(f"{where}: {', '.join(hints)} {verb} not occur in the column; its values: {shown}")
+        labels = pd.Series(np.where(comparable.isin(wanted).fillna(False), 1, 0), index=frame.index, dtype="Int64")
+        derived[column] = labels.where(values.notna())
+    return frame.assign(**derived) if derived else frame
+
+
+def encode_target(
+    name: str, column: str, kind: str, values: pd.Series, index: dict[str, np.ndarray], origin: str
+) -> tuple[Task, dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]:
+    where = f"task {name} (column {column} in {origin})"
+    present = values.notna().to_numpy()
+    train = index["train"]
+    if not present.any():
+        raise DataError(f"{where}: every label is missing (the column is empty in all {len(values)} rows); "
+                        "name the column that holds the task's labels, or remove the task")
+    if not present[train].any():
+        raise DataError(f"{where}: every training label is missing; the training split needs labelled rows "
+                        "(check the column, or use data.split.column to assign rows)")
+    encoded: dict[str, np.ndarray] = {}
+    mask: dict[str, np.ndarray] = {}
+    if kind == REGRESSION:
+        numeric = pd.to_numeric(values, errors="coerce")
+        bad = values.notna() & numeric.isna()
+        if bad.any():
+            examples = ", ".join(repr(v) for v in values[bad].unique()[:3])
+            raise DataError(f"{where}: a regression target must be numeric, but holds {examples}; "
+                            "use type binary or multiclass for labels")
+        array = numeric.to_numpy(dtype=np.float64)
+        if not np.isfinite(array[present]).all():
+            raise DataError(f"{where}: holds infinite values; replace them or leave the cells empty")
+        mean = float(np.mean(array[train][present[train]]))
+        std = float(np.std(array[train][present[train]]))
+        if std == 0:
+            raise DataError(f"{where}: every training label equals {mean:g}; nothing to learn")
+        standardised = np.where(present, (array - mean) / std, 0.0).astype(np.float32)
+        for split, rows in index.items():
+            encoded[split] = standardised[rows]
+            mask[split] = present[rows]
+        return Task(name, column, kind, mean=mean, std=std), encoded, mask, None
+
+    text = values.astype("string")
+    classes = tuple(sorted(text[train][present[train]].unique(), key=_class_order))
+    if len(classes) < 2:
+        raise DataError(f"{where}: a {kind} target needs at least two classes in the training split, "
+                        f"found {list(classes)}")
+    if kind == BINARY and len(classes) > 2:
+        shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
+        raise DataError(f"{where}: a binary target has two classes, found {len(classes)} ({shown}); "
+                        "use type multiclass")
+    codes = pd.Categorical(text, categories=list(classes)).codes.astype(np.int64)
+    known = codes >= 0
+    dtype = np.float32 if kind == BINARY else np.int64
+    for split, rows in index.items():
+        encoded[split] = np.where(known[rows], codes[rows], 0).astype(dtype)
+        mask[split] = known[rows]
+    prior = class_prior(codes[train][known[train]], len(classes))
+    task = Task(name, column, kind, classes=tuple(str(c) for c in classes))
+    return task, encoded, mask, prior
+
+
+def _class_order(label: str) -> tuple[int, float | str]:
+    """Numeric labels in numeric order (so 0 < 1 < 10), then text labels alphabetically."""
+    try:
+        return (0, float(label))
+    except ValueError:
+        return (1, label)
+
+
+#: A text column whose non-empty cells are at least this share numbers is a numeric column with typos.
+_MOSTLY_NUMERIC = 0.9
+
+
+def _refuse_garbled_numbers(values: pd.Series, origin: str) -> None:
+    """Stop a numeric column with a few non-numbers from silently becoming a one-hot text column."""
+    present = values.dropna()
+    if present.empty:
+        return
+    parsed = pd.to_numeric(present, errors="coerce")
+    share = float(parsed.notna().mean())
+    if _MOSTLY_NUMERIC <= share < 1.0:
+        bad = present[parsed.isna()]
+        shown = ", ".join(f"{v!r} (data row {i + 1})" for i, v in list(bad.items())[:3])
+        raise DataError(
+            f"feature column {values.name} in {origin} is {share:.0%} numbers but also holds {shown}; "
+            "fix or empty those cells (empty cells are imputed), or drop the column with data.drop"
+        )
+
+
+def encode_features(
+    frame: pd.DataFrame, index: dict[str, np.ndarray], origin: str
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Scale numeric columns and one-hot encode the rest, fitted on the training rows."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c]) and
+               not pd.api.types.is_bool_dtype(frame[c])]
+    for column in frame.columns:
+        if column not in numeric:
+            _refuse_garbled_numbers(frame[column], origin)
+    categorical = [c for c in frame.columns if c not in numeric]
+    for column in numeric:
+        values = frame[column].to_numpy(dtype=np.float64, na_value=np.nan)
+        if np.isinf(values).any():
+            raise DataError(f"feature column {column} in {origin} holds infinite values; "
+                            "replace them or leave the cells empty")
+    cats = frame[categorical].astype("string").astype(object).where(frame[categorical].notna(), MISSING_CATEGORY)
+    table = pd.concat([frame[numeric], cats], axis=1)
+    transformers = []
+    if numeric:
+        transformers.append(("num", make_pipeline(SimpleImputer(strategy="median", add_indicator=True,
+                                                                keep_empty_features=True),
+                                                  StandardScaler()), numeric))
+    if categorical:
+        transformers.append(("cat", OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=10,
+                                                  sparse_output=False, dtype=np.float32), categorical))
+    encoder = ColumnTransformer(transformers, sparse_threshold=0.0, verbose_feature_names_out=False)
+    encoder.fit(table.iloc[index["train"]])
+    names = [str(n) for n in encoder.get_feature_names_out()]
+    out = {split: np.ascontiguousarray(encoder.transform(table.iloc[rows]), dtype=np.float32)
+           for split, rows in index.items()}
+    return out, names

@@ -1,0 +1,54 @@
+"""Task losses on tensors (PyTorch): what the networks train on and are selected by.
+
+Per task: squared error on the standardised target (regression), binary
+cross-entropy with logits (binary), cross-entropy (multiclass), each the mean
+over the rows whose label is present (a task with no labelled row in a batch
+has loss 0). :mod:`mtl_search.metrics` computes the same losses in NumPy for reporting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from mtl_search.metrics import BINARY, MULTICLASS, REGRESSION, unknown_task_type
+
+
+def row_losses(kind: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Every row's loss for one task (float32 outputs; class ids as integers or floats)."""
+    if kind == REGRESSION:
+        return (output - target) ** 2
+    if kind == BINARY:
+        return F.binary_cross_entropy_with_logits(output, target, reduction="none")
+    if kind == MULTICLASS:
+        return F.cross_entropy(output, target.long(), reduction="none")
+    raise ValueError(unknown_task_type(kind))
+
+
+def masked_loss(kind: str, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean loss over the rows whose label is present (0 when none is)."""
+    per_row = row_losses(kind, output, target)
+    weight = mask.to(per_row.dtype)
+    return (per_row * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def batch_losses(kinds: Sequence[str], outputs: Sequence[torch.Tensor], targets: torch.Tensor,
+                 label_weights: torch.Tensor) -> torch.Tensor:
+    """Every task's masked mean loss on one batch, as :func:`masked_loss` computes it.
+
+    The per-row losses of all tasks are stacked ``[tasks, rows]`` and masked, summed
+    and divided in three ops for all tasks together (per row and per task the same
+    arithmetic, and for a batch the same reduction order, so the same numbers).
+    Outputs are cast to float32 first, so a bf16 forward pass still gives float32 losses.
+
+    Args:
+        kinds: each task's type, in order.
+        outputs: each task's network output for the batch.
+        targets: ``[tasks, rows]`` labels (class ids as floats).
+        label_weights: ``[tasks, rows]``, 1 where a task's label is present, else 0.
+    """
+    rows = [row_losses(kind, output.float(), target) for kind, output, target in zip(kinds, outputs, targets,
+                                                                                     strict=True)]
+    return (torch.stack(rows) * label_weights).sum(dim=1) / label_weights.sum(dim=1).clamp_min(1.0)

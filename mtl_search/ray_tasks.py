@@ -1,0 +1,90 @@
+"""Work beside the search that runs as plain Ray tasks: the affinity measurement and confirmation retraining.
+
+Each task holds one trial's resources (``cpus_per_worker`` CPUs, the resolved GPU
+share) and trains with plain PyTorch (:mod:`mtl_search.affinity`,
+:func:`mtl_search.train.fit`) on data it receives through the object store.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from mtl_search.affinity import measure_affinity
+from mtl_search.config import ExperimentSpec
+from mtl_search.data import PreparedData
+from mtl_search.grouping import group_tasks
+from mtl_search.progress import clock
+from mtl_search.ray_train import DataRef, trial_device
+from mtl_search.train import fit
+from mtl_search.trial import TrialParams, TrialSettings
+
+#: One retraining job: the group, its hyperparameters (a trial config) and the seed.
+Job = tuple[str, dict[str, Any], int]
+
+
+def affinity_task(data: DataRef, params: TrialParams, settings: TrialSettings, every: int) -> np.ndarray:
+    """Ray task body: the all-task affinity measurement, with a trial's threads and device."""
+    torch.set_num_threads(settings.threads)
+    prepared = data.get()
+    return measure_affinity(prepared, list(prepared.tasks), params, device=trial_device(settings), seed=settings.seed,
+                            every=every)
+
+
+def confirm_task(data: DataRef, group: str, config: dict[str, Any], seed: int,
+                 settings: TrialSettings) -> dict[str, Any]:
+    """Ray task body: retrain one group's network with ``seed``; returns the metrics at its best epoch."""
+    torch.set_num_threads(settings.threads)
+    result = fit(data.get(), group_tasks(group), TrialParams.from_config(config), device=trial_device(settings),
+                 seed=seed, options=settings.train)
+    return {"status": result.status, **result.metrics}
+
+
+def _remote(function: Callable[..., Any], settings: TrialSettings) -> Any:
+    return ray.remote(function).options(num_cpus=settings.cpus_per_worker, num_gpus=settings.gpus_per_worker)
+
+
+def run_affinity(spec: ExperimentSpec, data: PreparedData, settings: TrialSettings, *,
+                 echo: Callable[[str], None] = print) -> np.ndarray:
+    """Measure inter-task affinity in one all-task run (a Ray task); the ``T x T`` matrix."""
+    epochs = spec.grouping.affinity.epochs or spec.space.max_epochs
+    params = TrialParams.from_config({**spec.space.defaults(), "weighting": "equal", "epochs": epochs})
+    echo(f"affinity: one all-task network ({params.depth} x {params.width}, every layer shared), {epochs} epochs, "
+         f"lookahead every {spec.grouping.affinity.every} step(s)")
+    started = time.time()
+    affinity = ray.get(_remote(affinity_task, settings).remote(DataRef(ray.put(data)), params, settings,
+                                                               spec.grouping.affinity.every))
+    echo(f"affinity: measured in {time.time() - started:.1f} s")
+    return affinity
+
+
+def retrain(data: PreparedData, jobs: Sequence[Job], settings: TrialSettings,
+            echo: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Retrain (group, config, seed) jobs as Ray tasks holding one trial's resources each; their metrics, in order.
+
+    With ``echo``, one line per finished run (count, group, seed, validation score, elapsed and remaining time).
+    """
+    task = _remote(confirm_task, settings)
+    data_ref = DataRef(ray.put(data))
+    refs = [task.remote(data_ref, group, config, seed, settings) for group, config, seed in jobs]
+    if echo is None:
+        return ray.get(refs)
+    started, pending, width = time.time(), list(refs), len(str(len(refs)))
+    results: dict[int, dict[str, Any]] = {}
+    while pending:
+        finished, pending = ray.wait(pending, num_returns=1)
+        position = refs.index(finished[0])
+        group, _, seed = jobs[position]
+        metrics = results[position] = ray.get(finished[0])
+        done, elapsed = len(refs) - len(pending), time.time() - started
+        score = metrics.get("score", float("nan"))
+        outcome = f"valid score {score:.4f}" if isinstance(score, float) and math.isfinite(score) else metrics["status"]
+        echo(f"  [{done:>{width}}/{len(refs)}] {group:<24} seed {seed}: {outcome} | {clock(elapsed)} elapsed, "
+             f"~{clock(elapsed / done * len(pending))} left")
+    return [results[position] for position in range(len(refs))]

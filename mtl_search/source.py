@@ -1,0 +1,96 @@
+"""The data source: reading the table a spec names and deciding which columns are targets and features."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import pandas as pd
+
+from mtl_search.config import BUILTIN_PREFIX, DataSpec
+from mtl_search.datasets import load_builtin
+from mtl_search.errors import DataError
+
+
+def read_table(data: DataSpec) -> tuple[pd.DataFrame, dict[str, tuple[str, str]], tuple[str, ...], str]:
+    """Read the table a spec names.
+
+    Returns:
+        the frame, the documented tasks of a built-in table (else empty), columns
+        the source excludes from features, and a name for messages.
+    """
+    source = data.source
+    if source.startswith(BUILTIN_PREFIX):
+        table = load_builtin(source[len(BUILTIN_PREFIX):], data.params)
+        return table.frame, table.tasks, table.exclude, source
+    if data.params:
+        raise DataError(f"data.params is only for built-in sources (builtin:...); {source} is a file")
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"data file {source} does not exist (data.source); paths are relative to the spec file")
+    name = path.name.lower()
+    try:
+        if name.endswith((".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz")):
+            frame = pd.read_csv(path)
+        elif name.endswith((".parquet", ".pq")):
+            frame = pd.read_parquet(path)
+        else:
+            raise DataError(f"data file {source}: unsupported format; use .csv, .csv.gz or .parquet")
+    except DataError:
+        raise
+    except Exception as exc:  # pandas raises many types for unreadable files
+        raise DataError(f"data file {source} cannot be read: {type(exc).__name__}: {exc}") from None
+    if frame.empty:
+        raise DataError(f"data file {source} holds no rows")
+    return frame, {}, (), source
+
+
+def _missing_columns(columns: list[str], frame: pd.DataFrame, where: str, origin: str) -> None:
+    absent = [c for c in columns if c not in frame.columns]
+    if not absent:
+        return
+    hints = []
+    for column in absent:
+        close = difflib.get_close_matches(column, [str(c) for c in frame.columns], n=3)
+        hints.append(f"'{column}'" + (f" (close: {', '.join(close)})" if close else ""))
+    raise DataError(f"{where}: column(s) {', '.join(hints)} not found in {origin}")
+
+
+def resolve_columns(
+    spec: DataSpec, frame: pd.DataFrame, builtin_tasks: dict[str, tuple[str, str]], exclude: tuple[str, ...],
+    origin: str,
+) -> tuple[dict[str, tuple[str, str]], list[str]]:
+    """The tasks (name -> (column, type)) and the input feature columns."""
+    if spec.tasks is not None:
+        tasks = {name: (t.column, t.type) for name, t in spec.tasks.items()}
+    elif builtin_tasks:
+        tasks = dict(builtin_tasks)
+    else:
+        raise DataError(f"data.tasks is required for {origin}: name each target, e.g. "
+                        "tasks: {price: {column: price, type: regression}}")
+    for name, (column, _) in tasks.items():
+        _missing_columns([column], frame, f"data.tasks.{name}.column", origin)
+    _missing_columns(list(spec.drop), frame, "data.drop", origin)
+    targets = {column for column, _ in tasks.values()}
+    # A column that assigns rows to splits says nothing about a row: it is never a feature.
+    split_column = {spec.split.column} if spec.split.column is not None else set()
+    if split_column:
+        _missing_columns(list(split_column), frame, "data.split.column", origin)
+        if split_column & targets:
+            raise DataError(f"data.split.column: {spec.split.column} is a target column; name a column that "
+                            "assigns rows to train/valid/test")
+    if spec.features == "auto":
+        skip = targets | set(spec.drop) | set(exclude) | split_column
+        features = [str(c) for c in frame.columns if c not in skip]
+    else:
+        _missing_columns(list(spec.features), frame, "data.features", origin)
+        used = [c for c in spec.features if c in targets]
+        if used:
+            raise DataError(f"data.features: {', '.join(used)} is a target column; a target cannot be a feature")
+        if split_column & set(spec.features):
+            raise DataError(f"data.features: {spec.split.column} is data.split.column; it assigns rows to splits "
+                            "and cannot be a feature")
+        features = list(spec.features)
+    if not features:
+        raise DataError(f"no feature columns left in {origin} after removing targets and data.drop")
+    return tasks, features

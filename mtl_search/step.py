@@ -1,0 +1,358 @@
+"""One optimisation step on the device (PyTorch, no Ray): the step a trial repeats, and how it runs fast.
+
+* The training split lives on the trial's device (:class:`DeviceSplit`) and a
+  step gathers its batch by index; the per-epoch sums of losses and weights are
+  updated in place, so a whole epoch is queued without reading back to the host.
+* The optimiser is AdamW: fused (one kernel for every parameter) on CUDA,
+  ``foreach`` (a few batched ops instead of ~10 per parameter) on the CPU.
+* A gradient-level weighting scheme gets every task's gradient of the shared
+  layers (one batched backward) and sets their update (:func:`gradient_step`).
+* With ``cuda_graphs`` (``auto``: on CUDA, single worker, a scheme whose step is
+  graph-safe, see :attr:`mtl_search.schemes.Scheme.capturable`) the step for a full
+  batch is captured once in a CUDA graph and replayed (:class:`GraphStep`); the
+  final partial batch of each epoch runs the same step eagerly, so a captured
+  epoch trains on exactly the rows and steps an eager one does.
+* With ``amp: bf16`` the forward pass runs under ``torch.autocast`` in bfloat16;
+  losses and their sums stay in float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from mtl_search.config import TrainSpec
+from mtl_search.data import SplitArrays
+from mtl_search.losses import batch_losses
+from mtl_search.model import MultiTaskNet
+from mtl_search.trial import TrialParams
+from mtl_search.weighting import SharedGradients, Weighting
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """How :func:`fit` cooperates with other data-parallel workers.
+
+    Args:
+        rank, world_size: this worker's place; each trains on its shard of every epoch.
+        wrap_model: wraps the network for gradient synchronisation (e.g. DDP).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    wrap_model: Callable[[nn.Module], nn.Module] | None = None
+
+
+@dataclass
+class DeviceSplit:
+    """One split on the device.
+
+    ``y`` and ``mask`` hold each task's labels as prepared; ``targets`` and
+    ``label_weights`` hold the same, packed ``[tasks, rows]`` (labels as float32,
+    class ids included; masks as 0/1 weights), so a training step gathers every
+    task's batch with two indexing ops instead of two per task.
+    """
+
+    x: torch.Tensor
+    y: dict[str, torch.Tensor]
+    mask: dict[str, torch.Tensor]
+    targets: torch.Tensor
+    label_weights: torch.Tensor
+
+
+def to_device(split: SplitArrays, tasks: Sequence[str], device: torch.device) -> DeviceSplit:
+    y = {t: torch.as_tensor(split.y[t], device=device) for t in tasks}
+    mask = {t: torch.as_tensor(split.mask[t], device=device) for t in tasks}
+    # Class ids are exact in float32 below 2**24 classes; a step casts them back with one op per task.
+    targets = torch.stack([y[t].to(torch.float32) for t in tasks])
+    label_weights = torch.stack([mask[t].to(torch.float32) for t in tasks])
+    return DeviceSplit(x=torch.as_tensor(split.x, device=device), y=y, mask=mask, targets=targets,
+                    label_weights=label_weights)
+
+
+def capture_problems(device: torch.device, weighting: Weighting, distributed: Distributed) -> list[str]:
+    """Why this trial's step cannot be captured in a CUDA graph (empty when it can).
+
+    Args:
+        device: the trial's device.
+        weighting: the trial's scheme instance (a group of one task always trains with ``equal``).
+        distributed: the data-parallel settings.
+    """
+    problems = []
+    if device.type != "cuda":
+        problems.append(f"the device is {device.type}, not cuda")
+    if not weighting.scheme.capturable:
+        problems.append(f"weighting {weighting.name!r} runs host-side logic in its step (capturable = False)")
+    if distributed.world_size > 1:
+        problems.append(f"training is data-parallel (world_size={distributed.world_size})")
+    return problems
+
+
+def wants_capture(options: TrainSpec, device: torch.device, weighting: Weighting, distributed: Distributed,
+                   shard: int, batch_size: int) -> bool:
+    """``train.cuda_graphs``: ``auto`` captures where it can, ``on`` insists, ``off`` never captures.
+
+    Raises:
+        ValueError: ``on`` where a capture is impossible (the message says why).
+    """
+    if options.cuda_graphs == "off":
+        return False
+    problems = capture_problems(device, weighting, distributed)
+    if shard < batch_size:
+        problems.append(f"an epoch ({shard} rows) is shorter than one batch ({batch_size}), so no step has the "
+                        "fixed batch size a graph replays")
+    if problems and options.cuda_graphs == "on":
+        raise ValueError(f"train.cuda_graphs is 'on' but this trial's step cannot be captured: {'; '.join(problems)}; "
+                         "use cuda_graphs 'auto' to capture only where possible")
+    return not problems
+
+
+def make_optimizer(parameters: Sequence[nn.Parameter], params: TrialParams, device: torch.device,
+                    capturable: bool) -> torch.optim.AdamW:
+    """AdamW with the fastest implementation for the device; ``capturable`` for a CUDA-graph step."""
+    if device.type == "cuda":
+        # One fused kernel updates every parameter; a captured step also needs the step count on the device.
+        options: dict[str, Any] = {"fused": True, "capturable": capturable}
+    else:
+        # The per-parameter loop costs ~10 small ops per tensor, which dominates small networks on a CPU;
+        # foreach batches them (same arithmetic, same results).
+        options = {"foreach": True}
+    return torch.optim.AdamW(parameters, lr=params.lr, weight_decay=params.weight_decay, **options)
+
+
+class Step:
+    """One optimisation step on a batch of training-row indices, written so a CUDA graph can capture it.
+
+    Everything it touches keeps its address between calls: the training arrays,
+    the parameters, their optimiser state and the per-epoch sums
+    (:attr:`loss_sums`, :attr:`weight_sums`), which it updates in place. It reads
+    nothing back to the host, so a whole epoch of steps is queued without waiting
+    for the device.
+
+    Args:
+        model: the network (or its data-parallel wrapper).
+        weighting: the group's scheme.
+        optimizer: trains the network's and the scheme's parameters.
+        train: the training split on the device.
+        kinds: each task's type, in the scheme's task order.
+        shared: the shared layers a gradient-level scheme steers (None: backpropagate the combined loss).
+        amp: ``bf16`` runs the forward pass under autocast; ``none`` in float32.
+        distributed: data-parallel settings (the scheme's own gradients are averaged by hand).
+    """
+
+    def __init__(self, model: nn.Module, weighting: Weighting, optimizer: torch.optim.Optimizer, train: DeviceSplit,
+                 kinds: Sequence[str], *, shared: SharedLayout | None = None, amp: str = "none",
+                 distributed: Distributed | None = None) -> None:
+        self.model, self.weighting, self.optimizer, self.train = model, weighting, optimizer, train
+        self.kinds, self.shared = tuple(kinds), shared
+        self.tasks = weighting.tasks
+        device = train.x.device
+        if amp == "bf16":
+            # No weight-cast cache: each weight is used once per pass, and a cache must not outlive a graph capture.
+            self._autocast: Callable[[], AbstractContextManager[Any]] = lambda: torch.autocast(
+                device.type, dtype=torch.bfloat16, cache_enabled=False)
+        elif amp == "none":
+            self._autocast = contextlib.nullcontext
+        else:
+            raise ValueError(f"amp must be 'none' or 'bf16', but got {amp!r}.")
+        world_size = distributed.world_size if distributed is not None else 1
+        self.world_size = world_size
+        self.sync_weighting = world_size > 1 and any(True for _ in weighting.parameters())
+        self.loss_sums = torch.zeros(len(self.tasks), device=device)
+        self.weight_sums = torch.zeros(len(self.tasks), device=device)
+
+    def losses(self, index: torch.Tensor) -> torch.Tensor:
+        """Every task's masked mean loss (float32) on the training rows ``index``."""
+        with self._autocast():
+            outputs = self.model(self.train.x[index])
+        return batch_losses(self.kinds, [outputs[t] for t in self.tasks], self.train.targets[:, index],
+                            self.train.label_weights[:, index])
+
+    def __call__(self, index: torch.Tensor, *, grads_to_none: bool = True) -> None:
+        """Train on the rows ``index`` and add their losses and weights to the epoch's sums.
+
+        Args:
+            index: training-row positions on the device.
+            grads_to_none: drop the old gradients (backward then writes fresh ones); False zeroes them in
+                place, so gradient tensors a CUDA graph writes keep their addresses.
+        """
+        losses = self.losses(index)
+        self.optimizer.zero_grad(set_to_none=grads_to_none)
+        if self.shared is None:
+            self.weighting.combine(losses).backward()
+        else:
+            gradient_step(self.weighting, losses, self.shared)
+        if self.sync_weighting:
+            _average_gradients(self.weighting.parameters(), self.world_size)
+        self.optimizer.step()
+        self.loss_sums += losses.detach()
+        self.weight_sums += self.weighting.weights()
+
+
+@dataclass
+class Snapshot:
+    """Copies of the training state, to undo the warm-up steps a graph capture needs, in place."""
+
+    model: dict[str, torch.Tensor]
+    weighting: dict[str, Any]
+    optimizer: dict[int, dict[str, Any]]
+    cpu_rng: torch.Tensor  # the warm-up's dropout draws on a CPU device come from torch's global generator
+
+    @classmethod
+    def take(cls, step: Step) -> Snapshot:
+        state = step.optimizer.state
+        return cls(
+            model={k: v.detach().clone() for k, v in step.model.state_dict().items()},
+            weighting=copy.deepcopy(step.weighting.state_dict()),
+            optimizer={id(p): {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in state[p].items()}
+                       for p in state},
+            cpu_rng=torch.get_rng_state(),
+        )
+
+    @torch.no_grad()
+    def restore(self, step: Step) -> None:
+        """Put the state back without replacing any tensor (a captured graph holds their addresses).
+
+        ``load_state_dict`` of a module copies into its tensors; an optimiser's would
+        replace them, so its state is copied by hand. State the warm-up created
+        (AdamW's moments and step count of a fresh optimiser) is zeroed, which is
+        what AdamW's lazy initialisation gives.
+        """
+        step.model.load_state_dict(self.model)
+        step.weighting.load_state_dict(self.weighting)
+        for parameter, state in step.optimizer.state.items():
+            saved = self.optimizer.get(id(parameter))
+            for key, value in state.items():
+                if not torch.is_tensor(value):
+                    if saved is not None:
+                        state[key] = saved[key]
+                elif saved is None:
+                    value.zero_()
+                else:
+                    value.copy_(saved[key])
+        step.loss_sums.zero_()
+        step.weight_sums.zero_()
+        torch.set_rng_state(self.cpu_rng)
+
+
+class GraphStep:
+    """A :class:`Step` over a fixed-size index buffer, replayed from a CUDA graph for every full batch.
+
+    Construction runs a few warm-up steps (on a side stream on CUDA: they create
+    the optimiser state and let libraries allocate their workspaces outside the
+    graph), captures one step into a CUDA graph when ``capture`` is set, and then
+    restores the training state the warm-up changed, so training starts from
+    exactly where it was. A call with a full batch copies its indices into the
+    static buffer and replays the graph; a shorter batch (an epoch's last) runs
+    the same step eagerly, writing into the same gradient tensors. The learning
+    rate is baked into the graph (mtl_search uses a constant one).
+
+    With ``capture`` False everything but the capture itself runs (eagerly, on any
+    device), which is how the protocol is tested without a GPU.
+
+    Args:
+        step: the step to replay.
+        batch_size: rows per full batch.
+        capture: capture a CUDA graph (the device must be CUDA).
+        warmup_steps: eager steps before the capture (the PyTorch documentation's example uses 3).
+    """
+
+    def __init__(self, step: Step, batch_size: int, *, capture: bool, warmup_steps: int = 3) -> None:
+        device = step.loss_sums.device
+        if capture and device.type != "cuda":
+            raise ValueError(f"a CUDA graph needs a CUDA device, but the step is on {device}.")
+        self.step, self.batch_size = step, batch_size
+        rows = step.train.x.shape[0]
+        self.index = torch.arange(batch_size, device=device) % max(rows, 1)
+        self.graph: Any = None
+        snapshot = Snapshot.take(step)
+        if capture:
+            side = torch.cuda.Stream(device=device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(warmup_steps):
+                    step(self.index)
+            torch.cuda.current_stream(device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                step(self.index)  # recorded, not run: grads are set to None first, so backward allocates them
+        else:
+            for _ in range(warmup_steps):
+                step(self.index)
+        snapshot.restore(step)
+
+    @property
+    def loss_sums(self) -> torch.Tensor:
+        return self.step.loss_sums
+
+    @property
+    def weight_sums(self) -> torch.Tensor:
+        return self.step.weight_sums
+
+    def __call__(self, index: torch.Tensor) -> None:
+        if index.shape[0] != self.batch_size:
+            self.step(index, grads_to_none=False)
+            return
+        self.index.copy_(index)
+        if self.graph is None:
+            self.step(self.index)
+        else:
+            self.graph.replay()
+
+
+@dataclass(frozen=True)
+class SharedLayout:
+    """What a gradient-level scheme steers: the shared parameters, and everything else that trains."""
+
+    parameters: list[nn.Parameter]
+    others: list[nn.Parameter]
+    last_layer: slice  # columns of the flat shared gradient holding the last shared weight matrix
+
+
+def shared_layout(model: MultiTaskNet, weighting: Weighting) -> SharedLayout | None:
+    """The layout for a scheme that needs per-task gradients, or None (loss-level, or nothing shared)."""
+    parameters = model.shared_parameters()
+    if not weighting.needs_task_gradients or not parameters:
+        return None
+    ids = {id(p) for p in parameters}
+    others = [p for p in (*model.parameters(), *weighting.parameters()) if id(p) not in ids and p.requires_grad]
+    offset, last_layer = 0, slice(0, 0)
+    for parameter in parameters:
+        if parameter.ndim == 2:
+            last_layer = slice(offset, offset + parameter.numel())
+        offset += parameter.numel()
+    return SharedLayout(parameters, others, last_layer)
+
+
+def gradient_step(weighting: Weighting, losses: torch.Tensor, shared: SharedLayout) -> None:
+    """Gradients for a gradient-level scheme: its direction for the shared layers, its loss for the rest."""
+    tasks = losses.shape[0]
+    # One batched backward (vmap over the rows of the identity) gives every task's shared gradient.
+    per_task = torch.autograd.grad(losses, shared.parameters, grad_outputs=torch.eye(tasks, device=losses.device,
+                                   dtype=losses.dtype), retain_graph=True, is_grads_batched=True,
+                                   materialize_grads=True)
+    flat = torch.cat([g.reshape(tasks, -1) for g in per_task], dim=1)
+    direction = weighting.shared_gradient(losses.detach(), SharedGradients(flat, shared.last_layer))
+    weighting.combine(losses).backward(inputs=shared.others)
+    offset = 0
+    for parameter in shared.parameters:
+        size = parameter.numel()
+        parameter.grad = direction[offset:offset + size].view_as(parameter).to(parameter.dtype)
+        offset += size
+
+
+def _average_gradients(parameters: Any, world_size: int) -> None:
+    # The weighting's own parameters sit outside the DDP-wrapped network, so average them by hand.
+    for parameter in parameters:
+        if parameter.grad is not None:
+            torch.distributed.all_reduce(parameter.grad)
+            parameter.grad /= world_size
+
+
