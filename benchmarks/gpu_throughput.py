@@ -58,8 +58,8 @@ sys.path.insert(0, str(ROOT))
 
 from mtl_search.config import TrainSpec  # noqa: E402
 from mtl_search.data import PreparedData, SplitArrays, prepare  # noqa: E402
-from mtl_search.domain import Domain  # noqa: E402
 from mtl_search.encoding import Task  # noqa: E402
+from mtl_search.grouping import group_id  # noqa: E402
 from mtl_search.losses import batch_losses, masked_loss  # noqa: E402
 from mtl_search.metrics import MULTICLASS  # noqa: E402
 from mtl_search.model import MultiTaskNet  # noqa: E402
@@ -101,8 +101,7 @@ def reference_params(batch_size: int) -> TrialParams:
 def default_spec_trial() -> tuple[PreparedData, TrialParams]:
     """The default spec's data and its seed trial (every hyperparameter at its domain's default)."""
     spec = load_spec(DEFAULT_SPEC)
-    config = {name: domain.default() for name, domain in spec.space.domains().items() if isinstance(domain, Domain)}
-    return prepare(spec), TrialParams.from_config(config)
+    return prepare(spec), TrialParams.from_config(spec.space.defaults())
 
 
 def build(model: str, rows: int) -> tuple[PreparedData, TrialParams]:
@@ -150,7 +149,7 @@ def naive_samples_per_s(data: PreparedData, params: TrialParams, device: torch.d
 def project_samples_per_s(data: PreparedData, params: TrialParams, device: torch.device, seconds: float,
                           options: TrainSpec) -> float:
     """``TrainingLoop.run_epoch``, whole epochs (the loop a trial runs), after one warm-up epoch."""
-    loop = TrainingLoop(data, list(data.tasks), params, device=device, seed=0, options=options)
+    loop = TrainingLoop(data, [group_id(data.tasks)], params, device=device, seed=0, options=options)
     loop.run_epoch()[0].sum().item()
     rows, epochs = loop.shard, 0
     started = time.perf_counter()
@@ -225,7 +224,7 @@ def _trial_worker(rank: int, device: str, threads: int, seconds: float, options:
                   results: Any) -> None:
     torch.set_num_threads(threads)  # what cpus_per_worker gives a trial
     data, params = default_spec_trial()
-    tasks, rows = list(data.tasks), data.splits["train"].rows
+    tasks, rows = [group_id(data.tasks)], data.splits["train"].rows
     spec = TrainSpec(**options)
     fit(data, tasks, dataclasses.replace(params, epochs=1), device=device, options=spec)  # warm-up
     barrier.wait(timeout=900)

@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from mtl_search.data import PreparedData, prepare
+from mtl_search.grouping import group_id
 from mtl_search.spec_file import spec_from_dict
 from mtl_search.train import TrainingLoop, fit
 from mtl_search.trial import TrialParams
@@ -46,7 +47,7 @@ def planted(rows: int, clusters: int, tasks_per_cluster: int, seed: int) -> Prep
 def step_seconds(data: PreparedData, tasks: list[str], params: TrialParams, device: torch.device, steps: int,
                  seed: int = 0) -> float:
     """Seconds per training step of the trainer's loop: whole epochs, at least ``steps`` steps, after a warm-up."""
-    loop = TrainingLoop(data, tasks, params, device=device, seed=seed)
+    loop = TrainingLoop(data, [group_id(tasks)], params, device=device, seed=seed)
     epochs = math.ceil(steps / loop.steps)
 
     def run(count: int) -> None:
@@ -105,15 +106,15 @@ def main() -> None:
     for scheme in args.schemes:
         row: dict[str, object] = {
             "scheme": scheme,
-            "kind": "gradient" if WEIGHTINGS[scheme].needs_task_gradients else "loss",
+            "kind": WEIGHTINGS[scheme].scheme.level,
             "step_ms": 1000 * statistics.median(times[scheme]),
             "vs_equal": statistics.median(ratios[scheme]),
         }
         if not args.skip_scores:
-            fits = [fit(planted(args.rows, args.clusters, args.tasks_per_cluster, seed=seed), tasks, params(scheme),
-                        device=device, seed=seed) for seed in range(args.seeds)]
+            fits = [fit(planted(args.rows, args.clusters, args.tasks_per_cluster, seed=seed), [group_id(tasks)],
+                        params(scheme), device=device, seed=seed) for seed in range(args.seeds)]
             valid = [f.score for f in fits]
-            test = [f.metrics["test/score"] for f in fits]
+            test = [network["test/score"] for f in fits for network in f.networks.values()]
             row.update(valid_score=statistics.mean(valid),
                        valid_std=statistics.stdev(valid) if len(valid) > 1 else float("nan"),
                        test_score=statistics.mean(test))

@@ -280,9 +280,22 @@ class SchedulerSpec(_Strict):
     reduction_factor: float = Field(3.0, gt=1)
 
 
-class SearchSpec(_Strict):
-    """How many trials, how many at once, and how each trial runs."""
+#: ``search.num_samples: auto`` with ``unit: pack``: configurations, each training every candidate group.
+PACK_SAMPLES = 10
 
+
+class SearchSpec(_Strict):
+    """How many trials, how many at once, and how each trial runs.
+
+    ``unit`` is what one trial trains: ``pack`` (the default) every candidate group's network under
+    one sampled configuration, as one packed model (``pack_size`` networks at most per pack; more
+    packs run in turn inside the trial), so every group sees every configuration; ``group`` one
+    network of one group, the group being a searched hyperparameter.
+    """
+
+    unit: Literal["pack", "group"] = "pack"
+    pack_size: int | None = Field(None, ge=1)
+    objective: Literal["best_grouping", "mean"] = "best_grouping"
     num_samples: Any = "auto"
     max_concurrent_trials: int = Field(2, ge=1)
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
@@ -296,8 +309,8 @@ class SearchSpec(_Strict):
         if value in ("auto", "groups"):
             return value
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"must be 'auto' (twice the number of candidate groups), 'groups' (one trial per "
-                             f"group) or an integer >= 1, got {value!r}")
+            raise ValueError(f"must be 'auto', 'groups' (unit group: one trial per group) or an integer >= 1 "
+                             f"(unit pack: configurations; unit group: trials), got {value!r}")
         return value
 
 
@@ -429,12 +442,22 @@ class ExperimentSpec(_Strict):
         return self
 
     def num_samples(self, groups: Sequence[str]) -> int:
-        """``search.num_samples`` for these candidate groups: ``auto`` is twice their number, ``groups`` one each.
+        """Trials for these candidate groups (``search.num_samples``).
+
+        ``unit: pack``: configurations, each training every group; ``auto`` is :data:`PACK_SAMPLES`.
+        ``unit: group``: ``auto`` is twice the groups, ``groups`` one each.
 
         Raises:
-            SpecError: fewer samples than groups (every group needs a seed trial).
+            SpecError: ``groups`` with unit pack; fewer samples than groups with unit group (every group
+                needs a seed trial).
         """
         requested = self.search.num_samples
+        if self.search.unit == "pack":
+            if requested == "groups":
+                raise SpecError("search.num_samples 'groups' (one trial per group) is for search.unit 'group'; "
+                                "with unit 'pack' every trial trains every group under one configuration: give "
+                                f"the number of configurations, or 'auto' ({PACK_SAMPLES})")
+            return PACK_SAMPLES if requested == "auto" else int(requested)
         if requested == "auto":
             return 2 * len(groups)
         if requested == "groups":

@@ -10,9 +10,10 @@ import json
 import platform
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -39,6 +40,7 @@ from mtl_search.report import write_report
 from mtl_search.results import AFFINITY_PNG, OK_STATUSES, for_csv
 from mtl_search.search import SearchPlan, run_search
 from mtl_search.spec_file import load_spec
+from mtl_search.train import split_packs
 from mtl_search.trial import TrialSettings
 
 Echo = Callable[[str], None]
@@ -127,9 +129,15 @@ def run_experiment(
             affinity = run_affinity(spec, data, settings, echo=echo)
             write_affinity(result_dir, list(data.tasks), affinity)
     groups = strategy.propose(list(data.tasks), affinity)
+    settings = replace(settings, groups=tuple(groups))
     plan = SearchPlan(groups=groups, num_samples=spec.num_samples(groups), settings=settings)
-    echo(f"search: {len(groups)} candidate groups, {plan.num_samples} trials, {spec.search.max_concurrent_trials} "
-         f"at a time, executor {spec.search.trial_executor}, {settings.gpus_per_worker:g} GPU per worker")
+    if spec.search.unit == "pack":
+        what = (f"{plan.num_samples} configurations, each training all {len(groups)} networks as "
+                f"{len(split_packs(groups, spec.search.pack_size))} pack(s)")
+    else:
+        what = f"{plan.num_samples} trials of one network"
+    echo(f"search: {len(groups)} candidate groups, {what}, {spec.search.max_concurrent_trials} at a time, "
+         f"executor {spec.search.trial_executor}, {settings.gpus_per_worker:g} GPU per worker")
     echo(f"results: {location}")
     try:
         trials = run_search(spec, data, plan, result_dir, echo=echo, verbose=verbose, resume=resume)
@@ -185,30 +193,42 @@ def confirm_groupings(spec: ExperimentSpec, data: PreparedData, features: RawFea
     """Retrain the networks of the ``top_k`` groupings with ``seeds`` and tabulate their **test** metrics.
 
     A trained group is retrained from its best trial's hyperparameters; an estimated
-    group (never trained) from the space's defaults, as a seed trial would be. The
-    spec's baselines are refitted with the same seeds (on ``features``, their raw columns).
+    group (never trained) from the space's defaults, as a seed trial would be. Groups
+    whose best networks share a configuration (the same trial) are retrained as one
+    pack per seed. The spec's baselines are refitted with the same seeds (on
+    ``features``, their raw columns).
     """
     ranked = board[~board["baseline"].astype(bool)] if "baseline" in board else board
     top = ranked.head(top_k)
     groups = sorted({g for grouping in top["grouping"] for g in grouping_groups(str(grouping))})
     best = by_group.set_index("group")["best_trial"]
-    by_trial = trials.set_index("trial_id")
-    configs = {}
+    packs: dict[str, list[str]] = {}  # best trial (or "" for the defaults) -> its groups
     for group in groups:
         trial = best.get(group)
-        if isinstance(trial, str) and trial in by_trial.index:
-            row = by_trial.loc[trial]
-            configs[group] = {k: row[k] for k in row.index if k in HYPERPARAMETERS or ("." in k and pd.notna(row[k]))}
-            configs[group]["head_sizes"] = "" if pd.isna(configs[group]["head_sizes"]) else configs[group]["head_sizes"]
-        else:
-            configs[group] = spec.space.defaults()
-    jobs = [(group, configs[group], seed) for group in groups for seed in seeds]
+        packs.setdefault(trial if isinstance(trial, str) and (trials["trial_id"] == trial).any() else "", []).append(
+            group)
+    jobs = [(tuple(members), _trial_config(spec, trials, trial, members), seed)
+            for trial, members in packs.items() for seed in seeds]
     echo(f"confirm: retraining {len(groups)} networks of the top {len(top)} groupings with seeds {seeds} "
-         f"({len(jobs)} runs)")
-    results = dict(zip([(g, s) for g, _, s in jobs], retrain(data, jobs, settings, echo=echo), strict=True))
+         f"({len(packs)} configuration(s), {len(jobs)} packs)")
+    results = {(group, seed): networks[group]
+               for (members, _, seed), networks in zip(jobs, retrain(data, jobs, settings, echo=echo), strict=True)
+               for group in members}
     per_seed = [baseline_rows(data, features, spec.baselines, seed=seed) for seed in seeds]
     references = {label: [rows[label] for rows in per_seed] for label in (per_seed[0] if per_seed else {})}
     return confirm_table(top, {n: t.type for n, t in data.tasks.items()}, results, seeds, references)
+
+
+def _trial_config(spec: ExperimentSpec, trials: pd.DataFrame, trial: str, groups: list[str]) -> dict[str, Any]:
+    """The hyperparameters ``trial`` trained ``groups`` with (the space's defaults when ``trial`` is empty)."""
+    if not trial:
+        return spec.space.defaults()
+    rows = trials[(trials["trial_id"] == trial) & trials["group"].isin(groups)]
+    # A multi-task group's row: its sharing_depth is the trial's (a one-task group shares everything).
+    row = rows.loc[rows["n_tasks"].astype(int).idxmax()]
+    config = {k: row[k] for k in row.index if k in HYPERPARAMETERS or ("." in k and pd.notna(row[k]))}
+    config["head_sizes"] = "" if pd.isna(config["head_sizes"]) else config["head_sizes"]
+    return config
 
 
 def _draw_plots(result_dir: Path, echo: Callable[[str], None]) -> None:

@@ -33,6 +33,7 @@ from mtl_search.results import (
     is_task_key,
     key_column,
     metric_key,
+    network_key,
     score_key,
 )
 from mtl_search.selection import Network, budgets_for, selection_table
@@ -44,62 +45,73 @@ INFERENCE_COSTS = ("networks", "params")
 LEADERBOARD_LIMIT = 1000
 
 
-def trial_row(
+def trial_rows(
     trial_id: str,
     config: Mapping[str, Any],
     result: Mapping[str, Any] | None,
     *,
+    groups: Sequence[str],
     max_epochs: int,
     error: str | None = None,
-) -> dict[str, Any]:
-    """One ``trials.csv`` row from a trial's config and its last reported result.
+) -> list[dict[str, Any]]:
+    """The ``trials.csv`` rows of one trial, one per network it trained, from its config and last report.
 
-    ``status`` is ``completed`` (ran every epoch), ``stopped`` (early-stopped by
-    the scheduler), ``diverged`` (non-finite loss) or ``error``.
+    A network's ``status`` is ``completed`` (its trial ran every epoch), ``stopped``
+    (the scheduler stopped its trial early), ``diverged`` (its loss became non-finite)
+    or ``error`` (its trial failed).
+
+    Args:
+        trial_id: Tune's trial id.
+        config: the trial's sampled hyperparameters.
+        result: its last report (:mod:`mtl_search.train`), None when it reported nothing.
+        groups: the groups it trained (its rows, in this order).
+        max_epochs: the epochs a trial that ran to the end trained.
+        error: the trial's error text, when it failed.
     """
     result = dict(result or {})
-    group = str(config.get("group", ""))
-    row: dict[str, Any] = {"trial_id": trial_id, "group": group, "n_tasks": len(group_tasks(group)) if group else 0}
+    networks = result.get("networks") or {}
     epochs_run = int(result.get("epoch", 0) or 0)
-    if error:
-        status, reason = Status.ERROR, error.strip().splitlines()[-1][:500] if error.strip() else "error"
-    elif result.get("status") == Status.DIVERGED:
-        status, reason = Status.DIVERGED, str(result.get("reason", ""))
-    elif not result:
-        status, reason = Status.ERROR, "the trial reported no result"
-    elif epochs_run >= max_epochs:
-        status, reason = Status.COMPLETED, ""
-    else:
-        status, reason = Status.STOPPED, f"early-stopped after {epochs_run} of {max_epochs} epochs"
-    row.update(status=status.value, reason=reason)
-    for name in HYPERPARAMETERS:
-        row[name] = config.get(name)
-    for key, value in config.items():  # the chosen weighting scheme's own: <scheme>.<param>
-        if "." in key:
-            row[key] = value
-    if "sharing_depth" in result:  # the layers actually shared (clipped to depth)
-        row["sharing_depth"] = result["sharing_depth"]
-    wall = result.get("wall_s", math.nan)
-    loop = result.get("train_loop_s", math.nan)
-    row.update(
-        epochs_run=epochs_run,
-        best_epoch=result.get("best_epoch", math.nan),
-        score=result.get("score", math.nan) if status in OK_STATUSES else math.nan,
-        test_score=result.get(score_key(TEST), math.nan) if status in OK_STATUSES else math.nan,
-        params=result.get("params", math.nan),
-        threads=result.get("threads", math.nan),
-        wall_s=wall,
-        train_loop_s=loop,
-        overhead_s=wall - loop,
-    )
-    for key, value in result.items():
-        if is_task_key(key):
-            row[key_column(key)] = value
-    return row
+    shared: dict[str, Any] = {name: config.get(name) for name in HYPERPARAMETERS}
+    shared.update({key: value for key, value in config.items() if "." in key})  # the scheme's own: <scheme>.<param>
+    wall, loop = result.get("wall_s", math.nan), result.get("train_loop_s", math.nan)
+    rows = []
+    for group in groups:
+        network = dict(networks.get(network_key(group)) or {})
+        if error:
+            status, reason = Status.ERROR, error.strip().splitlines()[-1][:500] if error.strip() else "error"
+        elif network.get("status") == Status.DIVERGED:
+            status, reason = Status.DIVERGED, str(network.get("reason", ""))
+        elif not network:
+            status, reason = Status.ERROR, "the trial reported no result"
+        elif epochs_run >= max_epochs:
+            status, reason = Status.COMPLETED, ""
+        else:
+            status, reason = Status.STOPPED, f"early-stopped after {epochs_run} of {max_epochs} epochs"
+        ok = status in OK_STATUSES
+        row: dict[str, Any] = {"trial_id": trial_id, "group": group, "n_tasks": len(group_tasks(group)),
+                               "status": status.value, "reason": reason, **shared}
+        if row["n_tasks"] == 1:  # a group of one task trains plainly, whatever its trial's scheme
+            row = {key: value for key, value in row.items() if "." not in key} | {"weighting": "equal"}
+        if "sharing_depth" in network:  # the layers actually shared (clipped to depth; all of them for one task)
+            row["sharing_depth"] = network["sharing_depth"]
+        row.update(
+            epochs_run=epochs_run,
+            best_epoch=network.get("best_epoch", math.nan),
+            score=network.get("score", math.nan) if ok else math.nan,
+            test_score=network.get(score_key(TEST), math.nan) if ok else math.nan,
+            params=network.get("params", math.nan),
+            threads=result.get("threads", math.nan),
+            wall_s=wall,
+            train_loop_s=loop,
+            overhead_s=wall - loop,
+        )
+        row.update({key_column(key): value for key, value in network.items() if is_task_key(key)})
+        rows.append(row)
+    return rows
 
 
 def trials_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """Trial rows as a frame with the fixed columns first, metric columns sorted after."""
+    """``trials.csv``: trial rows (one per network) as a frame, the fixed columns first, metric columns sorted after."""
     frame = pd.DataFrame(list(rows))
     if frame.empty:
         return pd.DataFrame(columns=list(TRIAL_COLUMNS))

@@ -9,11 +9,15 @@ has loss 0). :mod:`mtl_search.metrics` computes the same losses in NumPy for rep
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from mtl_search.metrics import BINARY, MULTICLASS, REGRESSION, unknown_task_type
+
+if TYPE_CHECKING:
+    from mtl_search.packed import PackedNet
 
 
 def row_losses(kind: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -52,3 +56,30 @@ def batch_losses(kinds: Sequence[str], outputs: Sequence[torch.Tensor], targets:
     rows = [row_losses(kind, output.float(), target) for kind, output, target in zip(kinds, outputs, targets,
                                                                                      strict=True)]
     return (torch.stack(rows) * label_weights).sum(dim=1) / label_weights.sum(dim=1).clamp_min(1.0)
+
+
+def pack_losses(net: PackedNet, kinds: Sequence[str], outputs: Sequence[torch.Tensor], targets: torch.Tensor,
+                label_weights: torch.Tensor) -> torch.Tensor:
+    """The ``(G, T)`` loss matrix of a pack on one batch: entry ``(g, t)`` is group ``g``'s masked mean loss on
+    task ``t`` (0 where ``g`` does not hold ``t``), computed per task for all groups holding it at once.
+
+    Per group the arithmetic is :func:`batch_losses`' (float32 even under bf16), so a group's losses are those
+    of its separate network.
+
+    Args:
+        net: the pack (its tasks, the groups holding each, where each loss goes).
+        kinds: each of ``net.tasks``' type.
+        outputs: ``net``'s outputs, per task ``(G_t, units, B)``.
+        targets: ``[T, B]`` labels (class ids as floats).
+        label_weights: ``[T, B]``, 1 where a task's label is present, else 0.
+    """
+    per_task = []
+    for index, (kind, output) in enumerate(zip(kinds, outputs, strict=True)):
+        output = output.float()
+        target = targets[index].expand(output.shape[0], -1)
+        rows = row_losses(kind, output if kind == MULTICLASS else output[:, 0], target)  # (G_t, B)
+        weights = label_weights[index]
+        per_task.append((rows * weights).sum(dim=1) / weights.sum().clamp_min(1.0))
+    values = torch.cat(per_task)
+    matrix = values.new_zeros(len(net.groups), len(net.tasks))
+    return matrix.index_put((net.loss_rows, net.loss_columns), values)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from mtl_search.leaderboard import best_per_group, rank_groupings, trials_frame
@@ -11,8 +12,8 @@ from mtl_search.results import Status
 
 
 class Progress:
-    """One line per finished trial: trials done / running / total, the trial's outcome, the best grouping
-    so far (by validation), elapsed and estimated remaining time.
+    """One line per finished trial: trials done / running / total, the trial's outcome (its score: for a
+    pack, the search's objective), the best grouping so far (by validation), elapsed and estimated remaining time.
 
     Args:
         total: trials in the search.
@@ -43,17 +44,32 @@ class Progress:
         board = rank_groupings(best_per_group(trials_frame(rows), self.task_types, groups), self.task_types, limit=1)
         return "none yet" if board.empty else f"{board.loc[0, 'grouping']} ({board.loc[0, 'valid_score']:.4f})"
 
-    def __call__(self, row: Mapping[str, Any], rows: Iterable[Mapping[str, Any]] = ()) -> None:
+    def __call__(self, trial: Sequence[Mapping[str, Any]], rows: Iterable[Mapping[str, Any]] = (),
+                 score: float | None = None) -> None:
+        """Print the line of one finished trial.
+
+        Args:
+            trial: its rows (one per network it trained).
+            rows: every row so far (for the best grouping).
+            score: the trial's score (default: its one network's).
+        """
         self.done += 1
         elapsed = time.time() - self.started
         remaining = elapsed / max(1, self.done - self.first) * (self.total - self.done)
-        score = row.get("score")
-        finite = isinstance(score, float) and score == score
-        outcome = f"score {score:.4f}" if finite else row["status"]
-        detail = row["status"] if row["status"] != Status.COMPLETED else f"{row['epochs_run']} epochs"
+        first = trial[0]
+        if score is None:
+            score = first.get("score") if len(trial) == 1 else None
+        finite = isinstance(score, float) and math.isfinite(score)
+        statuses = sorted({str(row["status"]) for row in trial})
+        outcome = f"score {score:.4f}" if finite else "/".join(statuses)
+        label = str(first["group"]) if len(trial) == 1 else f"{len(trial)} networks"
+        if statuses == [Status.COMPLETED.value]:
+            detail = f"{first['epochs_run']} epochs"
+        else:
+            detail = ", ".join(f"{sum(r['status'] == s for r in trial)} {s}" if len(trial) > 1 else s for s in statuses)
         self.echo(
-            f"[{self.done:>{len(str(self.total))}}/{self.total}, {self.running} running] {row['group']:<24} "
-            f"{outcome:<14} ({detail}, {row.get('wall_s', float('nan')):.1f} s) | best so far "
+            f"[{self.done:>{len(str(self.total))}}/{self.total}, {self.running} running] {label:<24} "
+            f"{outcome:<14} ({detail}, {first.get('wall_s', float('nan')):.1f} s) | best so far "
             f"{self.best_so_far(rows)} | {clock(elapsed)} elapsed, ~{clock(remaining)} left"
         )
 

@@ -19,14 +19,13 @@ import torch
 from mtl_search.affinity import measure_affinity
 from mtl_search.config import ExperimentSpec
 from mtl_search.data import PreparedData
-from mtl_search.grouping import group_tasks
 from mtl_search.progress import clock
 from mtl_search.ray_train import DataRef, trial_device
 from mtl_search.train import fit
 from mtl_search.trial import TrialParams, TrialSettings
 
-#: One retraining job: the group, its hyperparameters (a trial config) and the seed.
-Job = tuple[str, dict[str, Any], int]
+#: One retraining job: the groups (one pack), their hyperparameters (a trial config) and the seed.
+Job = tuple[tuple[str, ...], dict[str, Any], int]
 
 
 def affinity_task(data: DataRef, params: TrialParams, settings: TrialSettings, every: int) -> np.ndarray:
@@ -37,13 +36,13 @@ def affinity_task(data: DataRef, params: TrialParams, settings: TrialSettings, e
                             every=every)
 
 
-def confirm_task(data: DataRef, group: str, config: dict[str, Any], seed: int,
-                 settings: TrialSettings) -> dict[str, Any]:
-    """Ray task body: retrain one group's network with ``seed``; returns the metrics at its best epoch."""
+def confirm_task(data: DataRef, groups: tuple[str, ...], config: dict[str, Any], seed: int,
+                 settings: TrialSettings) -> dict[str, dict[str, Any]]:
+    """Ray task body: retrain a pack of networks with ``seed``; each group's metrics at its best epoch."""
     torch.set_num_threads(settings.threads)
-    result = fit(data.get(), group_tasks(group), TrialParams.from_config(config), device=trial_device(settings),
-                 seed=seed, options=settings.train)
-    return {"status": result.status, **result.metrics}
+    result = fit(data.get(), list(groups), TrialParams.from_config(config), device=trial_device(settings), seed=seed,
+                 options=settings.train, pack_size=settings.pack_size)
+    return result.networks
 
 
 def _remote(function: Callable[..., Any], settings: TrialSettings) -> Any:
@@ -65,26 +64,28 @@ def run_affinity(spec: ExperimentSpec, data: PreparedData, settings: TrialSettin
 
 
 def retrain(data: PreparedData, jobs: Sequence[Job], settings: TrialSettings,
-            echo: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Retrain (group, config, seed) jobs as Ray tasks holding one trial's resources each; their metrics, in order.
+            echo: Callable[[str], None] | None = None) -> list[dict[str, dict[str, Any]]]:
+    """Retrain (groups, config, seed) jobs, one pack each, as Ray tasks holding one trial's resources each.
 
-    With ``echo``, one line per finished run (count, group, seed, validation score, elapsed and remaining time).
+    Returns, per job in order, group -> that network's metrics at its best epoch. With ``echo``, one line per
+    finished pack (count, groups, seed, best validation score, elapsed and remaining time).
     """
     task = _remote(confirm_task, settings)
     data_ref = DataRef(ray.put(data))
-    refs = [task.remote(data_ref, group, config, seed, settings) for group, config, seed in jobs]
+    refs = [task.remote(data_ref, groups, config, seed, settings) for groups, config, seed in jobs]
     if echo is None:
         return ray.get(refs)
     started, pending, width = time.time(), list(refs), len(str(len(refs)))
-    results: dict[int, dict[str, Any]] = {}
+    results: dict[int, dict[str, dict[str, Any]]] = {}
     while pending:
         finished, pending = ray.wait(pending, num_returns=1)
         position = refs.index(finished[0])
-        group, _, seed = jobs[position]
-        metrics = results[position] = ray.get(finished[0])
+        groups, _, seed = jobs[position]
+        networks = results[position] = ray.get(finished[0])
         done, elapsed = len(refs) - len(pending), time.time() - started
-        score = metrics.get("score", float("nan"))
-        outcome = f"valid score {score:.4f}" if isinstance(score, float) and math.isfinite(score) else metrics["status"]
-        echo(f"  [{done:>{width}}/{len(refs)}] {group:<24} seed {seed}: {outcome} | {clock(elapsed)} elapsed, "
+        scores = [m["score"] for m in networks.values() if math.isfinite(m.get("score", math.nan))]
+        outcome = f"best valid score {min(scores):.4f}" if scores else "no network scored"
+        shown = groups[0] if len(groups) == 1 else f"{len(groups)} networks"
+        echo(f"  [{done:>{width}}/{len(refs)}] {shown:<24} seed {seed}: {outcome} | {clock(elapsed)} elapsed, "
              f"~{clock(elapsed / done * len(pending))} left")
     return [results[position] for position in range(len(refs))]

@@ -37,7 +37,6 @@ import torch
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from mtl_search.grouping import group_tasks
 from mtl_search.results import Status
 from mtl_search.step import Distributed
 from mtl_search.train import Report, fit
@@ -64,23 +63,27 @@ def trial_device(settings: TrialSettings) -> str:
 
 def _fit_from_config(config: dict[str, Any], settings: TrialSettings, data: Any, device: Any, report: Report,
                      distributed: Distributed | None = None, initial_state: Any = None) -> None:
-    """Train the trial's group: ``config`` holds its group and hyperparameters, ``settings`` the rest."""
+    """Train the trial's networks: ``config`` holds its hyperparameters (and, for ``unit: group``, its group),
+    ``settings`` the rest (for ``unit: pack``, the groups every trial trains)."""
     # Each trial owns `cpus_per_worker` cores: more threads would oversubscribe concurrent trials.
     torch.set_num_threads(settings.threads)
-    _maybe_fail(config)
-    fit(data, group_tasks(config["group"]), TrialParams.from_config(config), device=device, seed=settings.seed,
-        report=report, distributed=distributed, initial_state=initial_state, options=settings.train)
+    groups = settings.trial_groups(config)
+    _maybe_fail(groups)
+    fit(data, groups, TrialParams.from_config(config), device=device, seed=settings.seed, report=report,
+        distributed=distributed, initial_state=initial_state, options=settings.train, objective=settings.objective,
+        pack_size=settings.pack_size)
 
 
-def _maybe_fail(config: dict[str, Any]) -> None:
-    """Test hook: raise in trials of the groups named in ``MTL_SEARCH_FAIL_GROUPS`` (comma-separated).
+def _maybe_fail(groups: list[str]) -> None:
+    """Test hook: raise in trials training a group named in ``MTL_SEARCH_FAIL_GROUPS`` (comma-separated).
 
     The reliability tests use it to check that one failing trial does not stop a
     search; it is off unless that variable is set in the Ray workers' environment.
     """
-    failing = os.environ.get("MTL_SEARCH_FAIL_GROUPS", "")
-    if config["group"] in [g.strip() for g in failing.split(",") if g.strip()]:
-        raise RuntimeError(f"injected failure for group {config['group']} (MTL_SEARCH_FAIL_GROUPS)")
+    failing = {g.strip() for g in os.environ.get("MTL_SEARCH_FAIL_GROUPS", "").split(",") if g.strip()}
+    if failing & set(groups):
+        raise RuntimeError(f"injected failure for group {', '.join(sorted(failing & set(groups)))} "
+                           "(MTL_SEARCH_FAIL_GROUPS)")
 
 
 def _reporter(send: Callable[..., None], checkpoint_class: Any, settings: TrialSettings, started: float, *,

@@ -3,6 +3,7 @@
 One home for the protocol between the writers (training, the leaderboard, the
 baselines) and the readers (``leaderboard``, ``compare``, ``report``):
 
+* a trial reports each network's metrics under ``networks/<key>`` (:func:`network_key`);
 * a metric reported by a trial is keyed ``<split>/<task>/<metric>``
   (:func:`metric_key`) and becomes the CSV column ``<split>_<task>_<metric>``
   (:func:`column`); :func:`parse_column` reads one back;
@@ -29,7 +30,7 @@ import pandas as pd
 
 from mtl_search import storage
 from mtl_search.errors import ResultsMissingError, UserError
-from mtl_search.grouping import group_tasks
+from mtl_search.grouping import GROUP_SEP, group_tasks
 from mtl_search.metrics import PRIMARY_METRIC, TASK_TYPES
 
 # --------------------------------------------------------------------------- names
@@ -80,6 +81,15 @@ def task_key(kind: str, task: str) -> str:
     """A reported per-task training value: ``train_loss/income`` or ``weight/income`` (``kind`` :data:`TRAIN_LOSS`
     or :data:`WEIGHT`)."""
     return f"{kind}/{task}"
+
+
+def network_key(group: str) -> str:
+    """A network's key in a trial's report (``networks/<key>/...``): its group id with ``-`` for ``+``.
+
+    Trackers take the flattened report keys as metric names, and MLflow refuses ``+`` in them;
+    task names never hold ``-``, so the key reads back unambiguously.
+    """
+    return group.replace(GROUP_SEP, "-")
 
 
 def column(split: str, task: str, metric: str) -> str:
@@ -143,13 +153,16 @@ def baseline_label(name: str) -> str:
 # --------------------------------------------------------------------------- reading results back
 
 
-def read_trial_rows(path: Path) -> dict[str, dict[str, Any]]:
-    """The rows of an existing ``trials.csv`` by trial id (empty if there is none)."""
+def read_trial_rows(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """The rows of an existing ``trials.csv`` by trial id, one per network (empty if there is none)."""
     if not path.exists():
         return {}
     frame = pd.read_csv(path, dtype={"trial_id": str, "head_sizes": str, "reason": str},
                         keep_default_na=True).fillna({"head_sizes": "", "reason": ""})
-    return {str(row["trial_id"]): row for row in frame.to_dict("records")}
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for row in frame.to_dict("records"):
+        rows.setdefault(str(row["trial_id"]), []).append(row)
+    return rows
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,12 @@ class Scheme:
                 if problem:
                     raise ValueError(f"{self.name} {name} {problem}, but got {item!r}.")
 
+    def params_for(self, tasks: Sequence[str], params: Mapping[str, Any]) -> dict[str, Any]:
+        """``params`` without the per-task values of tasks outside ``tasks`` (a pack holding only some tasks)."""
+        per_task = [name for name, spec in self.hyperparameters.items() if spec.per_task]
+        others = {f"{name}_{task}" for name in per_task for task in set(_task_suffixes(params, name)) - set(tasks)}
+        return {key: value for key, value in params.items() if key not in others}
+
     def resolve_params(self, tasks: Sequence[str], params: Mapping[str, Any]) -> dict[str, Any]:
         """Keyword arguments for the implementation from sampled values.
 
@@ -107,6 +113,10 @@ class Scheme:
             raise ValueError(f"{self.name}: unknown parameter(s) {', '.join(sorted(rest))}; "
                              f"valid: {', '.join(valid) or '(none)'}")
         return out
+
+
+def _task_suffixes(params: Mapping[str, Any], name: str) -> list[str]:
+    return [key[len(name) + 1:] for key in params if key.startswith(f"{name}_")]
 
 
 _POSITIVE = Interval("real", 0.0, None, closed="neither")

@@ -1,9 +1,16 @@
 """The search: the spec's space as an Optuna define-by-run space, the scheduler, and the Ray Tune ``Tuner``.
 
-The group is a categorical hyperparameter (its string id). Every candidate
-group is seeded with one trial through ``points_to_evaluate`` (those run
-first); Optuna's TPE proposes the rest. A group of one task has nothing to
-share or weigh, so for it ``sharing_depth`` and ``weighting`` are not sampled.
+``search.unit: pack`` (the default): a trial samples one configuration and trains
+every candidate group's network under it (:mod:`mtl_search.train`); the first
+trial runs the space's defaults, Optuna's TPE proposes the rest, and ASHA compares
+trials directly (every trial trains the same groups). Its score is the search's
+objective (:mod:`mtl_search.objective`).
+
+``search.unit: group``: the group is a categorical hyperparameter (its string id).
+Every candidate group is seeded with one trial through ``points_to_evaluate``
+(those run first); Optuna's TPE proposes the rest; ASHA compares a trial only with
+trials of its group. A group of one task has nothing to share or weigh, so for it
+``sharing_depth`` and ``weighting`` are not sampled.
 A weighting scheme's own hyperparameters (``dwa.temperature``,
 ``static.weight_<task>``, ...) are sampled only in trials that chose the scheme.
 
@@ -29,7 +36,7 @@ from mtl_search.config import ExperimentSpec
 from mtl_search.data import PreparedData
 from mtl_search.domain import Domain
 from mtl_search.grouping import group_tasks
-from mtl_search.leaderboard import trial_row, trials_frame
+from mtl_search.leaderboard import trial_rows, trials_frame
 from mtl_search.progress import Progress
 from mtl_search.ray_session import tracking_callbacks
 from mtl_search.ray_train import TRIAL_FUNCTIONS, DataRef, trial_resources
@@ -53,12 +60,14 @@ def _suggest(trial: Any, name: str, domain: Domain) -> Any:
 
 @dataclass(frozen=True)
 class DefineByRunSpace:
-    """An Optuna define-by-run space over the group and the spec's hyperparameters.
+    """An Optuna define-by-run space over the spec's hyperparameters (and, for ``unit: group``, the group).
 
     Called with an Optuna trial, it samples with ``trial.suggest_*`` and returns
     the constants, which ``OptunaSearch`` merges into the trial's config. A
     module-level class (not a closure) so the searcher's state can be pickled.
 
+    With ``groups``, the group is the first hyperparameter; without (``unit: pack``),
+    every trial trains every group and samples only the configuration.
     Right after the weighting, the chosen scheme's own hyperparameters are
     sampled (or fixed), under their trial-config keys ``<scheme>.<param>``:
     conditional parameters, absent from trials of other schemes.
@@ -67,11 +76,11 @@ class DefineByRunSpace:
 
     domains: dict[str, Domain]
     groups: tuple[str, ...]
+    tasks: tuple[str, ...] = ()
     weighting_params: Mapping[str, Domain] = field(default_factory=dict)
 
     def __call__(self, trial: Any) -> dict[str, Any]:
-        group = trial.suggest_categorical("group", list(self.groups))
-        tasks = group_tasks(group)
+        tasks = group_tasks(trial.suggest_categorical("group", list(self.groups))) if self.groups else self.tasks
         single = len(tasks) == 1
         constants: dict[str, Any] = {}
         for name, domain in self.domains.items():
@@ -93,19 +102,20 @@ class DefineByRunSpace:
         return constants
 
 
-def seed_points(domains: dict[str, Domain], groups: Sequence[str],
+def seed_points(domains: dict[str, Domain], groups: Sequence[str], tasks: Sequence[str] = (),
                 weighting_params: Mapping[str, Domain] | None = None) -> list[dict[str, Any]]:
-    """One point per group with every sampled hyperparameter at its domain's default.
+    """Every sampled hyperparameter at its domain's default: one point per group, or (no ``groups``, ``unit: pack``)
+    one point for the pack of all groups over ``tasks``.
 
     The default scheme's own hyperparameters are included only where that scheme
     samples them (Optuna ignores enqueued values that a trial never suggests, but
     a point should say only what the trial uses).
     """
     points = []
-    for group in groups:
-        tasks = group_tasks(group)
-        single = len(tasks) == 1
-        point: dict[str, Any] = {"group": group}
+    for group in groups or [None]:
+        members = group_tasks(group) if group is not None else tuple(tasks)
+        single = len(members) == 1
+        point: dict[str, Any] = {"group": group} if group is not None else {}
         for name, domain in domains.items():
             if single and name in MULTI_TASK_ONLY:
                 continue
@@ -113,7 +123,7 @@ def seed_points(domains: dict[str, Domain], groups: Sequence[str],
             if not domain.is_constant:
                 point[name] = value
             if name == "weighting":
-                for key, scheme_domain in search_domains(value, tasks, weighting_params or {}).items():
+                for key, scheme_domain in search_domains(value, members, weighting_params or {}).items():
                     if not scheme_domain.is_constant:
                         point[key] = scheme_domain.default()
         points.append(point)
@@ -151,11 +161,14 @@ def run_search(
     """
     domains = spec.space.domains()
     max_epochs = spec.space.max_epochs
+    # A pack trial trains every group: the space has no group, and one seed point (the defaults).
+    searched = tuple(plan.groups) if spec.search.unit == "group" else ()
+    tasks = tuple(data.tasks)
     searcher = OptunaSearch(
-        space=DefineByRunSpace(domains, tuple(plan.groups), spec.space.weighting_params),
+        space=DefineByRunSpace(domains, searched, tasks, spec.space.weighting_params),
         metric="score",
         mode="min",
-        points_to_evaluate=seed_points(domains, plan.groups, spec.space.weighting_params),
+        points_to_evaluate=seed_points(domains, searched, tasks, spec.space.weighting_params),
         seed=spec.seed,
     )
     if spec.search.scheduler.type == "asha":
@@ -172,7 +185,8 @@ def run_search(
     )
     progress = Progress(plan.num_samples, {name: task.type for name, task in data.tasks.items()}, echo)
     trials_path = result_dir / storage.TRIALS_FILE
-    recorder = TrialRecorder(trials_path, max_epochs=max_epochs, progress=progress)
+    recorder = TrialRecorder(trials_path, max_epochs=max_epochs, groups_of=plan.settings.trial_groups,
+                             progress=progress)
     tune_path = result_dir / storage.TUNE_DIR
     if resume and tune.Tuner.can_restore(str(tune_path)):
         # Finished trials are kept as they are; unfinished and errored ones continue from their last
@@ -211,8 +225,10 @@ def run_search(
         trial_id = (result.metrics or {}).get("trial_id")
         if trial_id and trial_id not in rows:
             error = repr(result.error) if result.error else None
-            rows[trial_id] = trial_row(trial_id, result.config or {}, result.metrics, max_epochs=max_epochs,
-                                       error=error)
-    trials = trials_frame(rows.values())
+            config = result.config or {}
+            groups = plan.settings.trial_groups(config)
+            rows[trial_id] = trial_rows(trial_id, config, result.metrics, groups=groups, max_epochs=max_epochs,
+                                        error=error)
+    trials = trials_frame([row for trial in rows.values() for row in trial])
     storage.atomic_write_csv(result_dir / storage.TRIALS_FILE, for_csv(trials))
     return trials

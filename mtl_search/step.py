@@ -1,12 +1,13 @@
-"""One optimisation step on the device (PyTorch, no Ray): the step a trial repeats, and how it runs fast.
+"""One optimisation step of a pack on the device (PyTorch, no Ray): the step a trial repeats, and how it runs fast.
 
 * The training split lives on the trial's device (:class:`DeviceSplit`) and a
   step gathers its batch by index; the per-epoch sums of losses and weights are
   updated in place, so a whole epoch is queued without reading back to the host.
 * The optimiser is AdamW: fused (one kernel for every parameter) on CUDA,
   ``foreach`` (a few batched ops instead of ~10 per parameter) on the CPU.
-* A gradient-level weighting scheme gets every task's gradient of the shared
-  layers (one batched backward) and sets their update (:func:`gradient_step`).
+* A gradient-level weighting scheme gets every task's gradient of each multi-task
+  group's trunk (one batched backward for the whole pack) and sets their update
+  (:func:`gradient_step`).
 * With ``cuda_graphs`` (``auto``: on CUDA, single worker, a scheme whose step is
   graph-safe, see :attr:`mtl_search.schemes.Scheme.capturable`) the step for a full
   batch is captured once in a CUDA graph and replayed (:class:`GraphStep`); the
@@ -30,8 +31,8 @@ from torch import nn
 
 from mtl_search.config import TrainSpec
 from mtl_search.data import SplitArrays
-from mtl_search.losses import batch_losses
-from mtl_search.model import MultiTaskNet
+from mtl_search.losses import pack_losses
+from mtl_search.packed import PackedNet
 from mtl_search.trial import TrialParams
 from mtl_search.weighting import SharedGradients, Weighting
 
@@ -66,6 +67,14 @@ class DeviceSplit:
     targets: torch.Tensor
     label_weights: torch.Tensor
 
+    def select(self, tasks: Sequence[str]) -> DeviceSplit:
+        """The same rows for ``tasks`` only (the features are shared, not copied)."""
+        order = list(self.y)
+        index = torch.tensor([order.index(task) for task in tasks], device=self.x.device)
+        return DeviceSplit(x=self.x, y={t: self.y[t] for t in tasks}, mask={t: self.mask[t] for t in tasks},
+                           targets=self.targets.index_select(0, index),
+                           label_weights=self.label_weights.index_select(0, index))
+
 
 def to_device(split: SplitArrays, tasks: Sequence[str], device: torch.device) -> DeviceSplit:
     y = {t: torch.as_tensor(split.y[t], device=device) for t in tasks}
@@ -82,7 +91,7 @@ def capture_problems(device: torch.device, weighting: Weighting, distributed: Di
 
     Args:
         device: the trial's device.
-        weighting: the trial's scheme instance (a group of one task always trains with ``equal``).
+        weighting: the trial's scheme instance.
         distributed: the data-parallel settings.
     """
     problems = []
@@ -128,31 +137,31 @@ def make_optimizer(parameters: Sequence[nn.Parameter], params: TrialParams, devi
 
 
 class Step:
-    """One optimisation step on a batch of training-row indices, written so a CUDA graph can capture it.
+    """One optimisation step of a pack on a batch of training-row indices, written so a CUDA graph can capture it.
 
     Everything it touches keeps its address between calls: the training arrays,
-    the parameters, their optimiser state and the per-epoch sums
-    (:attr:`loss_sums`, :attr:`weight_sums`), which it updates in place. It reads
-    nothing back to the host, so a whole epoch of steps is queued without waiting
-    for the device.
+    the parameters, their optimiser state, the live-group mask and the per-epoch
+    sums (:attr:`loss_sums`, :attr:`weight_sums`, ``[G, T]``), which it updates in
+    place. It reads nothing back to the host, so a whole epoch of steps is queued
+    without waiting for the device.
 
     Args:
-        model: the network (or its data-parallel wrapper).
-        weighting: the group's scheme.
-        optimizer: trains the network's and the scheme's parameters.
-        train: the training split on the device.
-        kinds: each task's type, in the scheme's task order.
-        shared: the shared layers a gradient-level scheme steers (None: backpropagate the combined loss).
+        model: the pack (or its data-parallel wrapper): what runs the forward pass.
+        net: the pack itself (its groups and tasks).
+        weighting: the pack's scheme.
+        optimizer: trains the pack's and the scheme's parameters.
+        train: the training split on the device, tasks in ``net.tasks`` order.
+        kinds: each of ``net.tasks``' type.
+        shared: the trunks a gradient-level scheme steers (None: backpropagate the combined loss).
         amp: ``bf16`` runs the forward pass under autocast; ``none`` in float32.
         distributed: data-parallel settings (the scheme's own gradients are averaged by hand).
     """
 
-    def __init__(self, model: nn.Module, weighting: Weighting, optimizer: torch.optim.Optimizer, train: DeviceSplit,
-                 kinds: Sequence[str], *, shared: SharedLayout | None = None, amp: str = "none",
-                 distributed: Distributed | None = None) -> None:
-        self.model, self.weighting, self.optimizer, self.train = model, weighting, optimizer, train
+    def __init__(self, model: nn.Module, net: PackedNet, weighting: Weighting, optimizer: torch.optim.Optimizer,
+                 train: DeviceSplit, kinds: Sequence[str], *, shared: SharedLayout | None = None,
+                 amp: str = "none", distributed: Distributed | None = None) -> None:
+        self.model, self.net, self.weighting, self.optimizer, self.train = model, net, weighting, optimizer, train
         self.kinds, self.shared = tuple(kinds), shared
-        self.tasks = weighting.tasks
         device = train.x.device
         if amp == "bf16":
             # No weight-cast cache: each weight is used once per pass, and a cache must not outlive a graph capture.
@@ -165,15 +174,19 @@ class Step:
         world_size = distributed.world_size if distributed is not None else 1
         self.world_size = world_size
         self.sync_weighting = world_size > 1 and any(True for _ in weighting.parameters())
-        self.loss_sums = torch.zeros(len(self.tasks), device=device)
-        self.weight_sums = torch.zeros(len(self.tasks), device=device)
+        shape = (len(net.groups), len(net.tasks))
+        self.loss_sums = torch.zeros(shape, device=device)
+        self.weight_sums = torch.zeros(shape, device=device)
+        #: ``[G, 1]``: False for a group that diverged. Its losses count as 0 from then on, so it stops
+        #: training (groups share nothing: the others train exactly as before).
+        self.live = torch.ones(len(net.groups), 1, dtype=torch.bool, device=device)
 
     def losses(self, index: torch.Tensor) -> torch.Tensor:
-        """Every task's masked mean loss (float32) on the training rows ``index``."""
+        """The ``[G, T]`` masked mean losses (float32) on the training rows ``index``."""
         with self._autocast():
             outputs = self.model(self.train.x[index])
-        return batch_losses(self.kinds, [outputs[t] for t in self.tasks], self.train.targets[:, index],
-                            self.train.label_weights[:, index])
+        return pack_losses(self.net, self.kinds, outputs, self.train.targets[:, index],
+                           self.train.label_weights[:, index])
 
     def __call__(self, index: torch.Tensor, *, grads_to_none: bool = True) -> None:
         """Train on the rows ``index`` and add their losses and weights to the epoch's sums.
@@ -183,7 +196,8 @@ class Step:
             grads_to_none: drop the old gradients (backward then writes fresh ones); False zeroes them in
                 place, so gradient tensors a CUDA graph writes keep their addresses.
         """
-        losses = self.losses(index)
+        measured = self.losses(index)
+        losses = torch.where(self.live, measured, torch.zeros((), device=measured.device))
         self.optimizer.zero_grad(set_to_none=grads_to_none)
         if self.shared is None:
             self.weighting.combine(losses).backward()
@@ -192,7 +206,7 @@ class Step:
         if self.sync_weighting:
             _average_gradients(self.weighting.parameters(), self.world_size)
         self.optimizer.step()
-        self.loss_sums += losses.detach()
+        self.loss_sums += measured.detach()  # a diverged group's sums show it (non-finite)
         self.weight_sums += self.weighting.weights()
 
 
@@ -296,6 +310,10 @@ class GraphStep:
     def weight_sums(self) -> torch.Tensor:
         return self.step.weight_sums
 
+    @property
+    def live(self) -> torch.Tensor:
+        return self.step.live
+
     def __call__(self, index: torch.Tensor) -> None:
         if index.shape[0] != self.batch_size:
             self.step(index, grads_to_none=False)
@@ -307,44 +325,57 @@ class GraphStep:
             self.graph.replay()
 
 
-@dataclass(frozen=True)
+@dataclass
 class SharedLayout:
-    """What a gradient-level scheme steers: the shared parameters, and everything else that trains."""
+    """What a gradient-level scheme steers: the multi-task groups' trunks in the pack's stacked parameters.
+
+    Args:
+        parameters: the stacked trunk parameters (row ``g``: group ``g``'s), in a separate network's order.
+        groups: the steered groups (multi-task groups still training), on the device; the trainer drops a
+            group that diverges.
+        last_layer: the columns of a group's flat trunk gradient holding its last trunk weight matrix.
+    """
 
     parameters: list[nn.Parameter]
-    others: list[nn.Parameter]
-    last_layer: slice  # columns of the flat shared gradient holding the last shared weight matrix
+    groups: torch.Tensor
+    last_layer: slice
 
 
-def shared_layout(model: MultiTaskNet, weighting: Weighting) -> SharedLayout | None:
-    """The layout for a scheme that needs per-task gradients, or None (loss-level, or nothing shared)."""
-    parameters = model.shared_parameters()
-    if not weighting.needs_task_gradients or not parameters:
+def shared_layout(net: PackedNet, weighting: Weighting) -> SharedLayout | None:
+    """The layout for a scheme that needs per-task gradients, or None (loss-level, or no multi-task trunk)."""
+    parameters = net.shared_parameters()
+    steered = [g for g, group in enumerate(net.groups) if len(group) > 1]
+    if not weighting.needs_task_gradients or not parameters or not steered:
         return None
-    ids = {id(p) for p in parameters}
-    others = [p for p in (*model.parameters(), *weighting.parameters()) if id(p) not in ids and p.requires_grad]
     offset, last_layer = 0, slice(0, 0)
     for parameter in parameters:
-        if parameter.ndim == 2:
-            last_layer = slice(offset, offset + parameter.numel())
-        offset += parameter.numel()
-    return SharedLayout(parameters, others, last_layer)
+        size = parameter[0].numel()
+        if parameter.ndim == 3:  # a stacked weight matrix
+            last_layer = slice(offset, offset + size)
+        offset += size
+    return SharedLayout(parameters, torch.tensor(steered, device=parameters[0].device), last_layer)
 
 
 def gradient_step(weighting: Weighting, losses: torch.Tensor, shared: SharedLayout) -> None:
-    """Gradients for a gradient-level scheme: its direction for the shared layers, its loss for the rest."""
-    tasks = losses.shape[0]
-    # One batched backward (vmap over the rows of the identity) gives every task's shared gradient.
-    per_task = torch.autograd.grad(losses, shared.parameters, grad_outputs=torch.eye(tasks, device=losses.device,
-                                   dtype=losses.dtype), retain_graph=True, is_grads_batched=True,
-                                   materialize_grads=True)
-    flat = torch.cat([g.reshape(tasks, -1) for g in per_task], dim=1)
-    direction = weighting.shared_gradient(losses.detach(), SharedGradients(flat, shared.last_layer))
-    weighting.combine(losses).backward(inputs=shared.others)
+    """Gradients for a gradient-level scheme: its directions for the steered trunks, its loss for the rest.
+
+    Groups share nothing, so the backward pass of task ``t``'s losses summed over the groups gives every
+    group its own task-``t`` gradient: one batched backward (over the ``T`` tasks) serves the whole pack.
+    """
+    groups, tasks = losses.shape
+    rows = shared.groups
+    columns = torch.eye(tasks, device=losses.device, dtype=losses.dtype)
+    per_task = torch.autograd.grad(losses, shared.parameters, grad_outputs=columns[:, None, :].expand(-1, groups, -1),
+                                   retain_graph=True, is_grads_batched=True, materialize_grads=True)
+    # [T, G, ...] per parameter -> [S, T, P]: each steered group's task gradients of its whole trunk.
+    flat = torch.cat([g[:, rows].reshape(tasks, len(rows), -1) for g in per_task], dim=2).transpose(0, 1)
+    directions = weighting.shared_gradient(losses.detach(), SharedGradients(flat, rows, shared.last_layer))
+    weighting.combine(losses).backward()
     offset = 0
     for parameter in shared.parameters:
-        size = parameter.numel()
-        parameter.grad = direction[offset:offset + size].view_as(parameter).to(parameter.dtype)
+        size = parameter[0].numel()
+        parameter.grad[rows] = directions[:, offset:offset + size].reshape(len(rows), *parameter.shape[1:]).to(
+            parameter.dtype)
         offset += size
 
 

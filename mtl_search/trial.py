@@ -9,7 +9,7 @@ inside it, so they stay out of Optuna's state and ``trials.csv``. No torch, no R
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +107,10 @@ class TrialSettings:
         train_storage: where the ``train`` executor's Ray Train runs keep their checkpoints.
         checkpoint_every: checkpoint each trial every this many epochs (0: never).
         train: how the training loop runs on its device (the spec's ``train:`` section).
+        groups: the candidate groups a trial of ``unit: pack`` trains (a ``unit: group`` trial's group is in
+            its sampled config).
+        pack_size: the most networks a pack trains at once (None: every group in one pack).
+        objective: what a pack trial reports as its score (:mod:`mtl_search.objective`).
     """
 
     seed: int = 0
@@ -116,13 +120,23 @@ class TrialSettings:
     train_storage: str = ""
     checkpoint_every: int = 1
     train: TrainSpec = field(default_factory=TrainSpec)
+    groups: tuple[str, ...] = ()
+    pack_size: int | None = None
+    objective: str = "best_grouping"
 
     @classmethod
-    def from_spec(cls, spec: ExperimentSpec, *, gpus_per_worker: float, train_storage: str = "") -> TrialSettings:
-        """The settings a spec gives, with the GPU share resolved (``auto`` -> 0 or 1) by whoever knows the cluster."""
+    def from_spec(cls, spec: ExperimentSpec, *, gpus_per_worker: float, train_storage: str = "",
+                  groups: Sequence[str] = ()) -> TrialSettings:
+        """The settings a spec gives, with the GPU share resolved (``auto`` -> 0 or 1) by whoever knows the
+        cluster, and the candidate groups (trained by every trial of ``unit: pack``)."""
         return cls(seed=spec.seed, workers=spec.resources.workers_per_trial,
                    cpus_per_worker=spec.resources.cpus_per_worker, gpus_per_worker=float(gpus_per_worker),
-                   train_storage=train_storage, checkpoint_every=spec.search.checkpoint_every, train=spec.train)
+                   train_storage=train_storage, checkpoint_every=spec.search.checkpoint_every, train=spec.train,
+                   groups=tuple(groups), pack_size=spec.search.pack_size, objective=spec.search.objective)
+
+    def trial_groups(self, config: Mapping[str, Any]) -> list[str]:
+        """What a trial with this sampled ``config`` trains: its group (``unit: group``), else every candidate."""
+        return [str(config["group"])] if "group" in config else list(self.groups)
 
     @property
     def threads(self) -> int:

@@ -11,7 +11,6 @@ import yaml
 from mtl_search.data import PreparedData, prepare
 from mtl_search.spec_file import spec_from_dict
 
-
 #: Fixtures that start Ray: a test using one is marked ``ray`` without saying so itself.
 RAY_FIXTURES = {"ray_local", "local_head"}
 

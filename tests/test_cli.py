@@ -37,7 +37,8 @@ def test_validate_checks_without_training(write_spec, tmp_path: Path, capsys):
 @pytest.mark.parametrize(("change", "words"), [
     ({"search.trial_executor": "local"}, ["search.trial_executor", "inline"]),
     ({"data.source": "missing.csv", "data.params": {}}, ["missing.csv", "does not exist"]),
-    ({"search.num_samples": 3}, ["num_samples=3", "15 candidate groups"]),
+    ({"search.num_samples": 3, "search.unit": "group"}, ["num_samples=3", "15 candidate groups"]),
+    ({"search.num_samples": "groups"}, ["num_samples 'groups'", "unit 'group'", "'auto' (10)"]),
     ({"data.params": {"clusterz": 2}}, ["data.params.clusterz", "clusters"]),
 ])
 def test_bad_input_exits_2_with_a_message_and_no_traceback(write_spec, tmp_path: Path, capsys, change, words):
@@ -100,11 +101,12 @@ DOCUMENTED = {
 def test_run_in_a_fresh_process_writes_the_documented_results(write_spec, tmp_path: Path):
     spec = write_spec(planted_spec_dict(tmp_path, **{"data.params": {"rows": 400, "features": 8, "clusters": 1,
                                                                      "tasks_per_cluster": 3},
-                                                     "search.num_samples": 8, "baselines": ["gbdt"]}))
+                                                     "search.num_samples": 3, "baselines": ["gbdt"]}))
     done = subprocess.run([sys.executable, "-m", "mtl_search", "run", str(spec), "--set", "space.epochs=3"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "top groupings" in done.stdout and "[8/8, " in done.stdout and "baseline:gbdt" in done.stdout
+    assert "top groupings" in done.stdout and "[3/3, " in done.stdout and "baseline:gbdt" in done.stdout
+    assert "7 networks" in done.stdout  # a trial trains every candidate group (unit: pack)
     out = tmp_path / "results" / "planted"
     for name, columns in DOCUMENTED.items():
         frame = pd.read_csv(out / name)
@@ -117,7 +119,8 @@ def test_run_in_a_fresh_process_writes_the_documented_results(write_spec, tmp_pa
     assert {"a0|a1|a2", "a0+a1+a2"} <= set(board["grouping"])
     assert {"test_a0_rmse", "test_a1_auc", "test_a2_accuracy"} <= set(board.columns)
     trials = pd.read_csv(out / "trials.csv")
-    assert len(trials) == 8 and (trials["epochs"] == 3).all()
+    assert len(trials) == 3 * 7 and (trials["epochs"] == 3).all()  # one row per network: 3 trials x 7 groups
+    assert (trials.groupby("group")["trial_id"].nunique() == 3).all()  # every group under every configuration
     assert "epochs: 3" in (out / "config.yaml").read_text()
 
     # The run drew its plots, and the review commands read what it wrote.

@@ -29,7 +29,7 @@ from mtl_search.spec_file import load_spec
 from .conftest import planted_spec_dict
 
 LOCAL_SH = Path(__file__).resolve().parents[1] / "cluster" / "local.sh"
-#: What the cluster test submits: 2 tasks -> 3 candidate groups, one trial each, 2 epochs, inline.
+#: What the cluster test submits: 2 tasks -> 3 candidate groups, 3 trials (configurations) of all 3, 2 epochs, inline.
 TINY = {"data.params": {"rows": 400, "features": 8, "clusters": 1, "tasks_per_cluster": 2},
         "search.num_samples": 3}
 
@@ -103,7 +103,7 @@ def test_submit_wait_runs_the_search_on_a_real_head(local_head: Head, write_spec
     assert list(board["rank"]) == [1, 2]
     assert set(board["grouping"]) == {"a0+a1", "a0|a1"}
     assert board["valid_score"].notna().all() and board["score"].notna().all()
-    assert len(pd.read_csv(tmp_path / "results" / "planted" / "trials.csv")) == 3
+    assert len(pd.read_csv(tmp_path / "results" / "planted" / "trials.csv")) == 3 * 3  # 3 trials x 3 networks
 
     # status and logs (in this process), the address from RAY_API_SERVER_ADDRESS this time
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", local_head.env["RAY_AUTH_TOKEN_PATH"])

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mtl_search.config import PACK_SAMPLES
 from mtl_search.domain import Domain, parse_head_sizes
 from mtl_search.errors import SpecError
 from mtl_search.spec_file import apply_overrides, load_spec, spec_from_dict
@@ -171,14 +172,25 @@ def test_bad_override_syntax():
         apply_overrides(MINIMAL, ["name.x=1"])
 
 
-def test_num_samples_must_cover_every_group():
-    spec = spec_from_dict({"name": "t", "data": {"source": "builtin:planted"}, "search": {"num_samples": 2}})
+def test_num_samples_of_group_trials_must_cover_every_group():
+    def spec(**search):
+        return spec_from_dict({"name": "t", "data": {"source": "builtin:planted"},
+                               "search": {"unit": "group", **search}})
+
     with pytest.raises(SpecError, match=r"num_samples=2.*3 candidate groups"):
-        spec.num_samples(["a", "b", "a+b"])
-    auto = spec_from_dict({"name": "t", "data": {"source": "builtin:planted"}})
-    assert auto.num_samples(["a", "b", "a+b"]) == 6
-    one_each = spec_from_dict({"name": "t", "data": {"source": "builtin:planted"}, "search": {"num_samples": "groups"}})
-    assert one_each.num_samples(["a", "b", "a+b"]) == 3
+        spec(num_samples=2).num_samples(["a", "b", "a+b"])
+    assert spec().num_samples(["a", "b", "a+b"]) == 6
+    assert spec(num_samples="groups").num_samples(["a", "b", "a+b"]) == 3
+
+
+def test_num_samples_of_pack_trials_counts_configurations():
+    def spec(**search):
+        return spec_from_dict({"name": "t", "data": {"source": "builtin:planted"}, "search": search})
+
+    assert spec().search.unit == "pack" and spec().num_samples(["a", "b", "a+b"]) == PACK_SAMPLES
+    assert spec(num_samples=2).num_samples(["a", "b", "a+b"]) == 2  # every trial trains every group
+    with pytest.raises(SpecError, match=r"'groups' \(one trial per group\) is for search.unit 'group'"):
+        spec(num_samples="groups").num_samples(["a"])
 
 
 def test_space_defaults_are_each_domains_default():

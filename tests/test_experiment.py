@@ -24,7 +24,7 @@ def quiet(line: str) -> None:
 
 def test_confirm_reports_the_test_split(ray_local, tmp_path: Path):
     spec = spec_from_dict(planted_spec_dict(tmp_path, **{"data.params": THREE_TASKS, "space.epochs": 3,
-                                                         "search.num_samples": 7,
+                                                         "search.num_samples": 3,
                                                          "confirm": {"top_k": 2, "seeds": 2},
                                                          "baselines": ["gbdt"]}))
     result = run_experiment(spec, echo=quiet)
@@ -38,8 +38,9 @@ def test_confirm_reports_the_test_split(ray_local, tmp_path: Path):
     assert set(gbdt["task"]) == {"a0", "a1", "a2", "all"} and gbdt["rank"].isna().all()
     assert list(confirm["rank"].dropna().unique()) == [1, 2]
 
-    # Retrained with the search's own seed, a network reproduces its trial exactly, so the confirmed
-    # numbers must be that trial's *test* numbers, not its validation ones.
+    # Retrained with the search's own seed, a network reproduces its trial (in a pack of other groups: groups
+    # share nothing, only float32 rounding of the wider products differs), so the confirmed numbers must be
+    # that trial's *test* numbers, not its validation ones.
     data = prepare(spec)
     top = result.leaderboard.head(1)
     settings = TrialSettings.from_spec(spec, gpus_per_worker=0)
@@ -48,7 +49,7 @@ def test_confirm_reports_the_test_split(ray_local, tmp_path: Path):
     best = result.groups.set_index("group")
     for _, row in same_seed[(same_seed["task"] != "all") & same_seed["rank"].notna()].iterrows():
         group = best.loc[row["group"]]
-        assert row["nloss_mean"] == pytest.approx(group[f"test_{row['task']}_nloss"], rel=1e-6)
+        assert row["nloss_mean"] == pytest.approx(group[f"test_{row['task']}_nloss"], rel=1e-4)
         assert row["nloss_mean"] != pytest.approx(group[f"valid_{row['task']}_nloss"], rel=1e-3)
 
 
@@ -68,12 +69,13 @@ def test_affinity_strategy_measures_then_trains_its_proposals(ray_local, tmp_pat
 def test_pairs_strategy_ranks_estimated_groups(ray_local, tmp_path: Path):
     spec = spec_from_dict(planted_spec_dict(tmp_path, **{
         "data.params": {"rows": 500, "features": 8, "latent_dim": 2, "clusters": 1, "tasks_per_cluster": 4},
-        "space.epochs": 2, "search.num_samples": 11, "grouping.candidates": "pairs"}))
+        "space.epochs": 2, "search.num_samples": 3, "grouping.candidates": "pairs"}))
     result = run_experiment(spec, echo=quiet)
     assert len(set(result.trials["group"])) == 4 + 6 + 1
     estimated = result.groups[result.groups["estimated"]]
     assert set(estimated["group"]) == {"a0+a1+a2", "a0+a1+a3", "a0+a2+a3", "a1+a2+a3"}
     assert (estimated["trials"] == 0).all()
+    assert (result.groups.loc[~result.groups["estimated"], "trials"] == 3).all()  # every trained group, every trial
     board = pd.read_csv(result.result_dir / "leaderboard.csv")
     assert len(board) == 15  # Bell(4): estimated triples make every partition rankable
     assert board["estimated"].any() and not board["estimated"].all()

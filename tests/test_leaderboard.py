@@ -9,13 +9,14 @@ import pandas as pd
 import pytest
 
 from mtl_search.grouping import make_strategy
+from mtl_search.results import network_key
 from mtl_search.leaderboard import (
     add_baseline_rows,
     add_estimates,
     best_per_group,
     format_top,
     rank_groupings,
-    trial_row,
+    trial_rows,
     trials_frame,
 )
 
@@ -23,12 +24,32 @@ TYPES = {"a": "regression", "b": "binary"}
 GROUPS = ["a", "b", "a+b"]
 
 
+TRIAL_KEYS = ("epoch", "wall_s", "train_loop_s", "threads")
+
+
 def result(epoch: int, score: float, test_score: float, metrics: dict, **extra) -> dict:
+    """The flat metrics of one network (and its trial's epoch and times)."""
     out = {"epoch": epoch, "score": score, "test/score": test_score, "params": 100, "wall_s": 10.0,
            "train_loop_s": 4.0, "best_epoch": epoch, "status": "completed"}
     for key, value in metrics.items():
         out[key] = value
     return out | extra
+
+
+def report(networks: dict[str, dict]) -> dict:
+    """A trial's report from its networks' flat metrics (the trial-level keys taken from the first)."""
+    first = next(iter(networks.values()))
+    return {**{key: first[key] for key in TRIAL_KEYS if key in first},
+            "networks": {network_key(group): {k: v for k, v in flat.items() if k not in TRIAL_KEYS}
+                         for group, flat in networks.items()}}
+
+
+def trial_row(trial_id: str, config: dict, flat: dict | None, *, max_epochs: int, error: str | None = None) -> dict:
+    """The one row of a trial of one network (``unit: group``)."""
+    group = config["group"]
+    (row,) = trial_rows(trial_id, config, report({group: flat}) if flat else None, groups=[group],
+                        max_epochs=max_epochs, error=error)
+    return row
 
 
 def metrics_for(tasks: dict[str, tuple[float, float]]) -> dict:
@@ -56,6 +77,22 @@ def test_trial_statuses():
     assert failed["status"] == "error" and failed["reason"] == "ValueError: boom"
     silent = trial_row("t5", config, None, max_epochs=10)
     assert silent["status"] == "error" and "no result" in silent["reason"]
+
+
+def test_a_pack_trial_gives_one_row_per_network():
+    config = {"depth": 2, "sharing_depth": 1, "lr": 0.01}
+    networks = {"a": result(4, 0.4, 0.5, metrics_for({"a": (0.4, 0.5)}), sharing_depth=2),
+                "a+b": result(4, math.nan, math.nan, {}, status="diverged", reason="nan!", sharing_depth=1),
+                "b": result(4, 0.6, 0.7, metrics_for({"b": (0.6, 0.7)}), sharing_depth=2)}
+    rows = trial_rows("p1", config, report(networks), groups=GROUPS, max_epochs=10)
+    assert [row["group"] for row in rows] == GROUPS and {row["trial_id"] for row in rows} == {"p1"}
+    by_group = {row["group"]: row for row in rows}
+    assert by_group["a"]["status"] == "stopped" and by_group["a"]["score"] == 0.4
+    assert by_group["a"]["valid_a_nloss"] == 0.4 and "valid_b_nloss" not in by_group["a"]
+    assert by_group["a+b"]["status"] == "diverged" and math.isnan(by_group["a+b"]["score"])
+    assert by_group["a+b"]["sharing_depth"] == 1 and by_group["a"]["sharing_depth"] == 2
+    failed = trial_rows("p2", config, None, groups=GROUPS, max_epochs=10, error="RuntimeError: x")
+    assert [row["status"] for row in failed] == ["error"] * 3
 
 
 def build_trials() -> pd.DataFrame:

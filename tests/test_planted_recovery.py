@@ -28,7 +28,8 @@ def test_run_ranks_the_planted_grouping_first(ray_local, write_spec, tmp_path: P
                  "split": {"valid": 0.3, "test": 0.15}},
         "space": {"depth": 1, "sharing_depth": 1, "width": 8, "head_sizes": "", "weighting": "equal",
                   "lr": 0.003, "batch_size": 128, "epochs": 40},
-        "search": {"num_samples": 15, "max_concurrent_trials": 2, "trial_executor": "inline"},
+        # The space is one configuration: one pack trial trains all 15 groups under it.
+        "search": {"unit": "pack", "num_samples": 1, "trial_executor": "inline"},
         "output": str(tmp_path / "results"),
     }
     assert main(["run", str(write_spec(spec))]) == 0
@@ -52,8 +53,8 @@ def planted_2x3_spec(tmp_path: Path, strategy: str, seed: int) -> dict:
         "grouping": {"candidates": strategy, "top_k": 5, "affinity": {"epochs": 10}},
         "space": {"depth": 1, "sharing_depth": 1, "width": 8, "head_sizes": "", "weighting": "equal",
                   "lr": 0.003, "batch_size": 128, "epochs": 40},
-        "search": {"num_samples": "groups", "max_concurrent_trials": 2, "trial_executor": "inline",
-                   "scheduler": {"type": "fifo"}},
+        # One configuration (the space is constant): one pack trial trains every candidate group.
+        "search": {"unit": "pack", "num_samples": 1, "trial_executor": "inline", "scheduler": {"type": "fifo"}},
         "baselines": [],
         "output": str(tmp_path / "results"),
     }

@@ -60,9 +60,9 @@ def small_train_spec(tmp_path: Path, **overrides):
 
 
 def test_search_with_torchtrainer_trials(ray_local, tmp_path: Path):
-    result = run_experiment(small_train_spec(tmp_path), echo=lambda line: None)
+    result = run_experiment(small_train_spec(tmp_path, **{"search.num_samples": 2}), echo=lambda line: None)
     trials = result.trials
-    assert sorted(trials["group"]) == ["a0", "a0+a1", "a1"]
+    assert sorted(trials["group"]) == ["a0", "a0", "a0+a1", "a0+a1", "a1", "a1"]  # 2 packs of every group
     assert (trials["status"] == "completed").all(), trials[["status", "reason"]]
     assert (trials["epochs_run"] == 3).all()
     # Each trial ran as its own Train run, named after the Tune trial.
@@ -90,14 +90,13 @@ def test_trials_stopped_by_asha_end_and_free_their_workers(ray_local, tmp_path: 
 
 
 def test_two_data_parallel_workers_per_trial(ray_local, tmp_path: Path):
-    spec = small_train_spec(tmp_path, **{"data.params": {"rows": 400, "features": 8, "clusters": 1,
-                                                         "tasks_per_cluster": 1},
-                                         "search.num_samples": 1, "search.max_concurrent_trials": 1,
+    """DDP over the packed module: every network of the pack trains on two workers."""
+    spec = small_train_spec(tmp_path, **{"search.num_samples": 1, "search.max_concurrent_trials": 1,
                                          "space.epochs": 2, "resources.workers_per_trial": 2})
     trials = run_experiment(spec, echo=lambda line: None).trials
-    assert len(trials) == 1
-    assert trials.loc[0, "status"] == "completed", trials.loc[0, "reason"]
-    assert trials.loc[0, "score"] < 1.5
+    assert len(trials) == 3
+    assert (trials["status"] == "completed").all(), trials["reason"]
+    assert (trials["score"] < 1.5).all()
 
 
 @pytest.mark.parametrize("executor", ["inline", "train"])

@@ -40,7 +40,7 @@ def reported(tune_dir: Path) -> dict[str, list[dict]]:
 @pytest.mark.slow
 def test_a_killed_run_resumes_without_retraining_finished_trials(write_spec, tmp_path: Path):
     spec = write_spec(planted_spec_dict(tmp_path, **{
-        "data.params": THREE_TASKS, "space.epochs": 12, "search.num_samples": 9,
+        "data.params": THREE_TASKS, "space.epochs": 12, "search.num_samples": 5,
         "search.max_concurrent_trials": 1, "search.scheduler": {"type": "fifo"}}))
     out = tmp_path / "results" / "planted"
     trials_csv = out / "trials.csv"
@@ -49,38 +49,41 @@ def test_a_killed_run_resumes_without_retraining_finished_trials(write_spec, tmp
     try:
         deadline = time.time() + 480
         while time.time() < deadline and process.poll() is None:
-            if trials_csv.exists() and len(pd.read_csv(trials_csv)) >= 2:
+            if trials_csv.exists() and pd.read_csv(trials_csv)["trial_id"].nunique() >= 2:
                 break
             time.sleep(0.2)
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # the driver and the local Ray it started
         process.wait()
     before = pd.read_csv(trials_csv, dtype={"trial_id": str})
-    assert 2 <= len(before) < 9, "the kill must land mid-search"
+    finished = before["trial_id"].unique()
+    assert 2 <= len(finished) < 5, "the kill must land mid-search"
+    assert len(before) == 7 * len(finished)  # one row per network of each finished pack
     results_before = reported(out / "tune")
 
     resumed = cli("resume", str(out))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming: {len(before)} of 9 trials already finished" in resumed.stdout
+    assert f"resuming: {len(finished)} of 5 trials already finished" in resumed.stdout
 
     after = pd.read_csv(trials_csv, dtype={"trial_id": str})
-    assert len(after) == 9 and after["trial_id"].is_unique
+    assert after["trial_id"].nunique() == 5 and len(after) == 5 * 7
+    assert not after.duplicated(["trial_id", "group"]).any()
     assert set(after["status"]) == {"completed"}
-    kept = after.set_index("trial_id").loc[before["trial_id"]]
-    for column in ("group", "score", "test_score", "epochs_run", "lr"):
+    kept = after.set_index(["trial_id", "group"]).loc[list(zip(before["trial_id"], before["group"], strict=True))]
+    for column in ("score", "test_score", "epochs_run", "lr"):
         assert list(kept[column]) == list(before[column]), column
     # No finished trial was trained again. One that finished just before the kill may not be marked finished
     # in Tune's saved state yet: it is restored from its last checkpoint and only repeats its final report.
     results_after = reported(out / "tune")
-    for trial_id in before["trial_id"]:
+    for trial_id in finished:
         old, new = results_before[trial_id], results_after[trial_id]
         assert new[:len(old)] == old
         for extra in new[len(old):]:
             assert extra["epoch"] == old[-1]["epoch"] and extra["train_loop_s"] == old[-1]["train_loop_s"]
             assert extra["score"] == old[-1]["score"]
     retrained = sum(len(results_after[t]) > len(results_before[t]) and results_after[t][len(results_before[t])]["epoch"]
-                    > results_before[t][-1]["epoch"] for t in before["trial_id"])
-    print(f"resume: {len(before)} trials finished before the kill, {len(after) - len(before)} after the resume, "
+                    > results_before[t][-1]["epoch"] for t in finished)
+    print(f"resume: {len(finished)} trials finished before the kill, {5 - len(finished)} after the resume, "
           f"{retrained} finished trials trained again")  # the figures for the record (pytest -s)
     board = pd.read_csv(out / "leaderboard.csv")
     assert len(board) == 5  # Bell(3): every group was scored
@@ -99,7 +102,7 @@ def test_resume_without_an_interrupted_search_is_a_clear_error(tmp_path: Path):
 def test_diverging_and_raising_trials_are_recorded_and_the_search_finishes(write_spec, tmp_path: Path):
     spec = write_spec(planted_spec_dict(tmp_path, **{
         "data.params": {"rows": 300, "features": 8, "latent_dim": 2, "clusters": 1, "tasks_per_cluster": 2},
-        "space.lr": 1.0e30, "space.epochs": 3, "search.num_samples": "groups"}))
+        "space.lr": 1.0e30, "space.epochs": 3, "search.unit": "group", "search.num_samples": "groups"}))
     result = cli("run", str(spec), env={"MTL_SEARCH_FAIL_GROUPS": "a1"})
     assert result.returncode == 0, result.stderr[-3000:]
     trials = pd.read_csv(tmp_path / "results" / "planted" / "trials.csv").set_index("group")
@@ -114,7 +117,7 @@ def test_same_seed_same_trials_and_leaderboard(ray_local, tmp_path: Path, execut
     boards, trials = [], []
     for name in ("first", "second"):
         spec = spec_from_dict(planted_spec_dict(tmp_path, **{
-            "name": name, "data.params": THREE_TASKS, "space.epochs": 3, "search.num_samples": 10,
+            "name": name, "data.params": THREE_TASKS, "space.epochs": 3, "search.num_samples": 5,
             "space.lr": {"float": [1e-3, 1e-1], "log": True}, "space.width": {"choice": [4, 8, 16]},
             "search.max_concurrent_trials": 1, "search.trial_executor": executor}))
         result = run_experiment(spec, echo=lambda line: None)

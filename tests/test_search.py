@@ -53,7 +53,7 @@ SCHEME_SPACE = {"weighting": {"choice": ["equal", "dwa", "gradnorm", "static"]},
 
 def scheme_space(groups=("a", "b", "a+b")) -> DefineByRunSpace:
     spec = spec_from_dict({"name": "t", "data": {"source": "builtin:planted"}, "space": SCHEME_SPACE})
-    return DefineByRunSpace(spec.space.domains(), tuple(groups), spec.space.weighting_params)
+    return DefineByRunSpace(spec.space.domains(), tuple(groups), weighting_params=spec.space.weighting_params)
 
 
 def test_a_schemes_own_hyperparameters_are_sampled_only_when_it_is_chosen():
@@ -82,11 +82,29 @@ def test_a_schemes_own_hyperparameters_are_sampled_only_when_it_is_chosen():
     assert seen == {"equal", "dwa", "gradnorm", "static"}
 
 
+def test_a_pack_space_samples_one_configuration_for_every_group():
+    spec = spec_from_dict({"name": "t", "data": {"source": "builtin:planted"}, "space": SCHEME_SPACE})
+    space = DefineByRunSpace(spec.space.domains(), (), ("a", "b", "c"), spec.space.weighting_params)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(40):
+        trial = study.ask()
+        constants = space(trial)
+        assert "group" not in trial.params and {"sharing_depth", "weighting"} <= {*trial.params, *constants}
+        if trial.params["weighting"] == "static":  # one raw weight per task of the run, normalised per group
+            assert {k for k in trial.params if "." in k} == {"static.weight_a", "static.weight_b", "static.weight_c"}
+        seen.add(trial.params["weighting"])
+        study.tell(trial, 0.0)
+    assert "static" in seen
+    (point,) = seed_points(spec.space.domains(), (), ("a", "b"), spec.space.weighting_params)
+    assert "group" not in point and point["weighting"] == "equal" and "sharing_depth" in point
+
+
 def test_seed_points_set_scheme_hyperparameters_only_where_they_are_sampled():
     spec = spec_from_dict({"name": "t", "data": {"source": "builtin:planted"},
                            "space": {**SCHEME_SPACE, "weighting": {"choice": ["static", "dwa"]},
                                      "weighting_params": {"dwa.temperature": {"float": [1, 4]}}}})
-    points = seed_points(spec.space.domains(), ["a", "a+b"], spec.space.weighting_params)
+    points = seed_points(spec.space.domains(), ["a", "a+b"], weighting_params=spec.space.weighting_params)
     assert not any("." in key for key in points[0])
     assert points[1]["weighting"] == "static"
     assert {k: v for k, v in points[1].items() if "." in k} == {"static.weight_a": 1.0, "static.weight_b": 1.0}
@@ -94,7 +112,7 @@ def test_seed_points_set_scheme_hyperparameters_only_where_they_are_sampled():
     study = optuna.create_study()
     study.enqueue_trial(points[1])
     trial = study.ask()
-    space = DefineByRunSpace(spec.space.domains(), ("a", "a+b"), spec.space.weighting_params)
+    space = DefineByRunSpace(spec.space.domains(), ("a", "a+b"), weighting_params=spec.space.weighting_params)
     space(trial)
     assert trial.params["static.weight_a"] == 1.0 and trial.params["weighting"] == "static"
 
@@ -107,13 +125,18 @@ def run(tmp_path: Path, **overrides) -> tuple[pd.DataFrame, Path]:
     return result.trials, result.result_dir
 
 
-def test_inline_search_gives_every_group_a_trial_and_writes_results(ray_local, tmp_path: Path):
+@pytest.mark.parametrize(("unit", "samples", "rows"), [("pack", 3, 3 * 7), ("group", 10, 10)])
+def test_inline_search_gives_every_group_a_trial_and_writes_results(ray_local, tmp_path: Path, unit: str,
+                                                                    samples: int, rows: int):
     trials, out = run(tmp_path, **{"data.params": {"rows": 400, "features": 8, "clusters": 1,
                                                    "tasks_per_cluster": 3},
                                    "space.lr": {"float": [1e-3, 1e-2], "log": True},
-                                   "search.num_samples": 10})
-    assert len(trials) == 10
+                                   "search.unit": unit, "search.num_samples": samples})
+    assert len(trials) == rows and trials["trial_id"].nunique() == samples
     assert set(trials["group"]) == {"a0", "a1", "a2", "a0+a1", "a0+a2", "a1+a2", "a0+a1+a2"}
+    if unit == "pack":  # every group under every configuration, the trial's configuration on every row
+        assert (trials.groupby("group")["trial_id"].nunique() == samples).all()
+        assert (trials.groupby("trial_id")["lr"].nunique() == 1).all()
     assert (trials["status"] == "completed").all()
     assert trials["lr"].between(1e-3, 1e-2).all()
     assert (trials["train_loop_s"] > 0).all() and (trials["wall_s"] >= trials["train_loop_s"]).all()
@@ -136,15 +159,14 @@ def test_inline_trials_stopped_by_asha_are_recorded(ray_local, tmp_path: Path):
 
 def test_conditional_scheme_hyperparameters_in_a_real_search(ray_local, tmp_path: Path):
     """Real Ray Tune + OptunaSearch: a scheme's own hyperparameters appear only on its trials, in range."""
-    # Three tasks: 7 groups. The seed trials of the 4 multi-task groups use the first choice (dwa, at the middle
-    # of its temperature range); TPE proposes the rest (seeded, so the same trials every run; in a simulation
-    # with random scores, 20 of 20 score sequences gave both dwa and gradnorm trials).
+    # Three tasks: 7 groups in every trial. The seed trial uses the first choice (dwa, at the middle of its
+    # temperature range); TPE proposes the rest (seeded, so the same trials every run).
     trials, out = run(tmp_path, **{"data.params": {"rows": 400, "features": 8, "clusters": 1, "tasks_per_cluster": 3},
                                    "space.weighting": {"choice": ["dwa", "gradnorm", "equal"]},
                                    "space.weighting_params": {"dwa.temperature": {"float": [1, 4]},
                                                               "gradnorm.alpha": {"float": [0.5, 2.5]}},
-                                   "search.num_samples": 20, "search.scheduler": {"type": "fifo"}})
-    assert len(trials) == 20 and (trials["status"] == "completed").all()
+                                   "search.num_samples": 12, "search.scheduler": {"type": "fifo"}})
+    assert len(trials) == 12 * 7 and (trials["status"] == "completed").all()
     multi = trials[trials["n_tasks"] > 1]
     for scheme, column, (low, high) in (("dwa", "dwa.temperature", (1, 4)), ("gradnorm", "gradnorm.alpha", (0.5, 2.5))):
         own = trials["weighting"].eq(scheme) & trials["n_tasks"].gt(1)
@@ -165,15 +187,16 @@ def test_conditional_scheme_hyperparameters_in_a_real_search(ray_local, tmp_path
 def test_tracking_logs_every_trial(ray_local, tmp_path: Path, tracking: str):
     trials, out = run(tmp_path, **{"data.params": {"rows": 300, "features": 8, "latent_dim": 2, "clusters": 1,
                                                    "tasks_per_cluster": 2},
-                                   "search.num_samples": "groups", "tracking": tracking})
+                                   "search.num_samples": 2, "tracking": tracking})
+    assert len(trials) == 2 * 3  # two trials of the pack of 3 groups
     if tracking == "mlflow":
         import mlflow
 
         client = mlflow.tracking.MlflowClient(tracking_uri=(out / "mlruns").as_uri())
         experiment = client.get_experiment_by_name("planted")
         runs = client.search_runs([experiment.experiment_id])
-        assert len(runs) == len(trials) == 3
+        assert len(runs) == trials["trial_id"].nunique() == 2
         assert all("score" in run.data.metrics for run in runs)
     else:
         events = list((out / "tune").glob("*/events.out.tfevents.*"))
-        assert len(events) == len(trials) == 3
+        assert len(events) == trials["trial_id"].nunique() == 2

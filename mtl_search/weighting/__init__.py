@@ -1,4 +1,4 @@
-"""Loss-weighting schemes (PyTorch): a small base class and an explicit registry.
+"""Loss-weighting schemes (PyTorch), for a pack of groups at once: a small base class and an explicit registry.
 
 Use :func:`make_weighting` to build one by name; unknown names are rejected
 with the list of valid ones. What each scheme is (loss- or gradient-level, its
@@ -30,21 +30,20 @@ WEIGHTINGS: dict[str, type[Weighting]] = {cls.scheme.name: cls for cls in (
     Equal, Static, Uncertainty, DWA, RLW, GradNorm, PCGrad, CAGrad, IMTL, NashMTL)}
 
 
-def make_weighting(name: str, tasks: Sequence[str], *, seed: int = 0, **params: Any) -> Weighting:
-    """Build the scheme ``name`` for ``tasks``.
+def make_weighting(name: str, tasks: Sequence[str], groups: Sequence[Sequence[str]] | None = None, *,
+                   seed: int = 0, **params: Any) -> Weighting:
+    """Build the scheme ``name`` for the groups of a pack (default: one group of all ``tasks``).
 
     ``params`` are the scheme's hyperparameters; a per-task one may be given as
-    one ``<param>_<task>`` per task, as the search samples it (see
-    :meth:`mtl_search.schemes.Scheme.resolve_params`). A group of one task always
-    trains plainly (:class:`Equal`): every scheme reduces to that, so its parameters are ignored.
+    one ``<param>_<task>`` per task of ``tasks``, as the search samples it (see
+    :meth:`mtl_search.schemes.Scheme.resolve_params`). A group of one task trains
+    plainly whatever the scheme (every scheme reduces to that).
 
     Raises:
         ValueError: ``name`` is not registered, or a parameter is unknown or out of range.
     """
     scheme = get_scheme(name)
-    if len(tasks) == 1:
-        return Equal(tasks, seed=seed)
-    return WEIGHTINGS[scheme.name](tasks, seed=seed, **scheme.resolve_params(tasks, params))
+    return WEIGHTINGS[scheme.name](tasks, groups, seed=seed, **scheme.resolve_params(tasks, params))
 
 
 __all__ = [

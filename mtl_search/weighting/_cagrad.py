@@ -13,7 +13,7 @@ from mtl_search.weighting._base import GramWeighting
 
 
 class CAGrad(GramWeighting):
-    """The shared update that most improves the worst task, within a ball around the average gradient.
+    """The shared update that most improves a group's worst task, within a ball around the average gradient.
 
     With ``g_0`` the average task gradient, CAGrad takes
     ``d = argmax_d min_i g_i . d`` subject to ``|d - g_0| <= c |g_0|``. Through its
@@ -38,30 +38,27 @@ class CAGrad(GramWeighting):
     max_iterations = 100
     tolerance = 1e-9
 
-    def __init__(self, tasks: Sequence[str], *, seed: int = 0, c: float = 0.4) -> None:
-        super().__init__(tasks, seed=seed)
+    def __init__(self, tasks: Sequence[str], groups: Sequence[Sequence[str]] | None = None, *, seed: int = 0,
+                 c: float = 0.4) -> None:
+        super().__init__(tasks, groups, seed=seed)
         self.scheme.check({"c": c})
         self.c = float(c)
-        self.register_buffer("_dual", torch.full((self.num_tasks,), 1.0 / self.num_tasks, dtype=torch.float64))
-        self.register_buffer("_weights", torch.ones(self.num_tasks))
+        dual = self.membership.to(torch.float64) / self.membership.sum(dim=1, keepdim=True)
+        self.register_buffer("_dual", dual)  # each group's last w*, on its tasks
 
-    def combine(self, losses: torch.Tensor) -> torch.Tensor:
-        return losses.sum()
-
-    def weights(self) -> torch.Tensor:
-        return self._weights.clone()
-
-    def coefficients(self, products: torch.Tensor) -> torch.Tensor:
-        """``w`` with ``d = sum_k w_k g_k`` (scale of ``equal``), from the Gram matrix ``G G^T`` (float64)."""
-        tasks = self.num_tasks
+    def coefficients(self, group: int, products: torch.Tensor) -> torch.Tensor:
+        """``w`` with ``d = sum_k w_k g_k`` (scale of ``equal``), from group ``group``'s Gram matrix (float64)."""
+        tasks = products.shape[0]
+        members = self.members(group)
         # Plain Python floats: for a T x T problem they cost less than NumPy's or torch's per-call overhead.
         dots = products.tolist()
         mean_dots = [sum(row) / tasks for row in dots]  # g_i . g_0
         radius = self.c * math.sqrt(max(sum(mean_dots) / tasks, 0.0))  # c |g_0|
         if radius == 0.0:
             return torch.ones(tasks, dtype=products.dtype)
-        dual = solve_dual(dots, mean_dots, radius, self._dual.tolist(), self.max_iterations, self.tolerance)
-        self._dual.copy_(torch.tensor(dual, dtype=torch.float64))
+        dual = solve_dual(dots, mean_dots, radius, self._dual[group, members].tolist(), self.max_iterations,
+                          self.tolerance)
+        self._dual[group, members] = torch.tensor(dual, dtype=torch.float64, device=self._dual.device)
         norm = math.sqrt(max(_quadratic(dots, dual), 0.0))  # |g_w|
         if norm == 0.0:  # a combination of the gradients cancels: no conflict-averse direction to add
             return torch.ones(tasks, dtype=products.dtype)

@@ -14,8 +14,8 @@ class DWA(Weighting):
     """Weights each task by how slowly its loss fell over the last two epochs.
 
     With ``r_k = L_k(t-1) / L_k(t-2)`` (epoch-mean training losses),
-    ``w_k(t) = K * exp(r_k / T) / sum_i exp(r_i / T)``; the first two epochs use
-    ``w_k = 1``. Weights sum to the number of tasks ``K``.
+    ``w_k(t) = K * exp(r_k / T) / sum_i exp(r_i / T)`` over the group's ``K`` tasks;
+    the first two epochs use ``w_k = 1``. A group's weights sum to ``K``.
 
     Hyperparameters:
         temperature: ``T`` > 0; larger values flatten the weights towards 1. Default 2 (the paper's).
@@ -23,17 +23,18 @@ class DWA(Weighting):
 
     scheme = SCHEMES["dwa"]
 
-    def __init__(self, tasks: Sequence[str], *, seed: int = 0, temperature: float = 2.0) -> None:
-        super().__init__(tasks, seed=seed)
+    def __init__(self, tasks: Sequence[str], groups: Sequence[Sequence[str]] | None = None, *, seed: int = 0,
+                 temperature: float = 2.0) -> None:
+        super().__init__(tasks, groups, seed=seed)
         self.scheme.check({"temperature": temperature})
         self.temperature = float(temperature)
         # Buffers, so a checkpoint (state_dict) carries the loss history along with the weights.
-        self.register_buffer("_last_losses", torch.ones(2, self.num_tasks))
+        self.register_buffer("_last_losses", torch.ones(2, self.num_groups, self.num_tasks))
         self.register_buffer("_epochs_seen", torch.zeros((), dtype=torch.long))
-        self.register_buffer("_weights", torch.ones(self.num_tasks))
+        self.register_buffer("_weights", self.plain_weights())
 
     def combine(self, losses: torch.Tensor) -> torch.Tensor:
-        return (self._weights * losses).sum()
+        return (self._weights * self.held(losses)).sum()
 
     def weights(self) -> torch.Tensor:
         return self._weights.detach().clone()
@@ -45,4 +46,6 @@ class DWA(Weighting):
         if self._epochs_seen >= 2:
             previous, last = self._last_losses
             ratios = last / previous.clamp_min(1e-12)
-            self._weights.copy_(self.num_tasks * torch.softmax(ratios / self.temperature, dim=0))
+            scores = (ratios / self.temperature).masked_fill(~self.membership, -torch.inf)
+            softmax = torch.softmax(scores, dim=1)
+            self._weights.copy_(torch.where(self.weighed, self.sizes * softmax, self.plain_weights()))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
 from mtl_search.schemes import SCHEMES
@@ -11,7 +9,7 @@ from mtl_search.weighting._base import Weighting
 
 
 class Equal(Weighting):
-    """Every task weighs 1; the loss is the sum of the task losses.
+    """Every task weighs 1; a group's loss is the sum of its task losses.
 
     No hyperparameters. With one task this is plain single-task training, and
     every other scheme reduces to it for a group of one task.
@@ -19,12 +17,8 @@ class Equal(Weighting):
 
     scheme = SCHEMES["equal"]
 
-    def __init__(self, tasks: Sequence[str], *, seed: int = 0) -> None:
-        super().__init__(tasks, seed=seed)
-        self.register_buffer("_ones", torch.ones(self.num_tasks), persistent=False)
-
     def combine(self, losses: torch.Tensor) -> torch.Tensor:
-        return losses.sum()
+        return self.held(losses).sum()
 
     def weights(self) -> torch.Tensor:
-        return self._ones
+        return self.plain_weights()

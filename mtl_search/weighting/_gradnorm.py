@@ -15,7 +15,7 @@ from mtl_search.weighting._base import SharedGradients, Weighting, combination
 class GradNorm(Weighting):
     """Learns loss weights that balance the tasks' gradient norms by their training rates.
 
-    With ``W`` the last shared layer's weight matrix, ``G_i = |grad_W w_i L_i|``,
+    Per group, with ``W`` the last shared layer's weight matrix, ``G_i = |grad_W w_i L_i|``,
     ``G_bar`` their mean, ``L~_i = L_i(t) / L_i(0)`` (the first step's loss) and
     ``r_i = L~_i / mean_j L~_j`` (the relative inverse training rate: higher for a
     task that trains slower), the target norm is ``G_bar * r_i^alpha``, taken as a
@@ -29,7 +29,7 @@ class GradNorm(Weighting):
     take a plain gradient step of size ``lr`` on ``L_grad / G_bar`` (dividing by the
     constant ``G_bar`` makes the step independent of the gradients' scale, so one
     ``lr`` suits every network); they are kept positive (clamped at ``1e-3`` before
-    renormalising).
+    renormalising). A group that shares no layer keeps weights 1.
 
     Hyperparameters:
         alpha: asymmetry ``alpha >= 0``: 0 pulls all gradient norms together, larger values
@@ -40,40 +40,46 @@ class GradNorm(Weighting):
     scheme = SCHEMES["gradnorm"]
     min_weight = 1e-3
 
-    def __init__(self, tasks: Sequence[str], *, seed: int = 0, alpha: float = 1.5, lr: float = 0.025) -> None:
-        super().__init__(tasks, seed=seed)
+    def __init__(self, tasks: Sequence[str], groups: Sequence[Sequence[str]] | None = None, *, seed: int = 0,
+                 alpha: float = 1.5, lr: float = 0.025) -> None:
+        super().__init__(tasks, groups, seed=seed)
         self.scheme.check({"alpha": alpha, "lr": lr})
         self.alpha = float(alpha)
         self.lr = float(lr)
-        self.register_buffer("_weights", torch.ones(self.num_tasks))  # for the next step
-        self.register_buffer("_used", torch.ones(self.num_tasks))  # this step's
-        self.register_buffer("_initial_losses", torch.ones(self.num_tasks))
+        self.register_buffer("_weights", self.plain_weights())  # for the next step
+        self.register_buffer("_used", self.plain_weights())  # this step's
+        self.register_buffer("_initial_losses", torch.ones(self.num_groups, self.num_tasks))
         self._started = False
 
     def combine(self, losses: torch.Tensor) -> torch.Tensor:
-        return (self._used * losses).sum()
+        return (self._used * self.held(losses)).sum()
 
     def weights(self) -> torch.Tensor:
         return self._used.clone()
 
     def shared_gradient(self, losses: torch.Tensor, gradients: SharedGradients) -> torch.Tensor:
-        losses = losses.detach().to(self._weights)
+        rows = gradients.groups.to(self._weights.device)
+        losses = losses.detach().to(self._weights)[rows]
         if not self._started:
-            self._initial_losses.copy_(losses.clamp_min(1e-12))
+            self._initial_losses[rows] = losses.clamp_min(1e-12)
             self._started = True
         self._used.copy_(self._weights)
-        self.update(losses, gradients.flat[:, gradients.last_layer].norm(dim=1).to(self._weights))
-        return combination(self._used, gradients.flat)
+        norms = gradients.flat[:, :, gradients.last_layer].norm(dim=2).to(self._weights)
+        self.update(rows, losses, norms)
+        return combination(self._used[rows], gradients.flat)
 
-    def update(self, losses: torch.Tensor, gradient_norms: torch.Tensor) -> None:
-        """One GradNorm step of the weights from this step's losses and ``|grad_W L_i|`` (unweighted)."""
-        weighted = self._weights * gradient_norms  # G_i
-        mean = weighted.mean().clamp_min(1e-12)
-        ratios = losses / self._initial_losses
-        target = mean * (ratios / ratios.mean().clamp_min(1e-12)) ** self.alpha
+    def update(self, rows: torch.Tensor, losses: torch.Tensor, gradient_norms: torch.Tensor) -> None:
+        """One GradNorm step of the weights of groups ``rows`` from their losses and ``|grad_W L_i|`` (unweighted)."""
+        held = self.membership[rows]
+        count = held.sum(dim=1, keepdim=True)
+        weights = self._weights[rows]
+        weighted = weights * gradient_norms  # G_i
+        mean = (weighted * held).sum(dim=1, keepdim=True).div(count).clamp_min(1e-12)
+        ratios = torch.where(held, losses / self._initial_losses[rows], torch.zeros_like(losses))
+        target = mean * (ratios / ratios.sum(dim=1, keepdim=True).div(count).clamp_min(1e-12)) ** self.alpha
         grad = torch.sign(weighted - target) * gradient_norms / mean
-        updated = (self._weights - self.lr * grad).clamp_min(self.min_weight)
-        self._weights.copy_(self.num_tasks * updated / updated.sum())
+        updated = torch.where(held, (weights - self.lr * grad).clamp_min(self.min_weight), torch.zeros_like(weights))
+        self._weights[rows] = count * updated / updated.sum(dim=1, keepdim=True)
 
     def get_extra_state(self) -> dict[str, Any]:
         return {**super().get_extra_state(), "started": self._started}

@@ -30,19 +30,20 @@ class IMTL(GramWeighting):
 
     scheme = SCHEMES["imtl"]
 
-    def coefficients(self, products: torch.Tensor) -> torch.Tensor:
-        """``T * alpha`` from the Gram matrix ``G G^T`` (float64)."""
+    def coefficients(self, group: int, products: torch.Tensor) -> torch.Tensor:
+        """``T * alpha`` from group ``group``'s Gram matrix ``G G^T`` (float64)."""
         dots = products.numpy()
+        tasks = dots.shape[0]
         norms = np.sqrt(np.maximum(dots.diagonal(), 0.0))
         active = np.nonzero(norms > 1e-12 * max(float(norms.max()), 1e-300))[0]
-        alpha = np.zeros(self.num_tasks)
+        alpha = np.zeros(tasks)
         if active.size == 1:
             alpha[active] = 1.0
         elif active.size > 1:
             alpha[active] = impartial_alpha(dots[np.ix_(active, active)], norms[active])
         if not np.all(np.isfinite(alpha)):
-            alpha = np.full(self.num_tasks, 1.0 / self.num_tasks)
-        return torch.from_numpy(self.num_tasks * alpha)
+            alpha = np.full(tasks, 1.0 / tasks)
+        return torch.from_numpy(tasks * alpha)
 
 
 

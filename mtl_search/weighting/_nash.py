@@ -3,8 +3,6 @@ Chechik & Fetaya, "Multi-Task Learning as a Bargaining Game", ICML 2022)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 
@@ -36,26 +34,19 @@ class NashMTL(GramWeighting):
     max_iterations = 50
     tolerance = 1e-8
 
-    def __init__(self, tasks: Sequence[str], *, seed: int = 0) -> None:
-        super().__init__(tasks, seed=seed)
-        self.register_buffer("_weights", torch.ones(self.num_tasks))
-
     def combine(self, losses: torch.Tensor) -> torch.Tensor:
-        return (self._weights * losses).sum()
+        return (self._weights * self.held(losses)).sum()
 
-    def weights(self) -> torch.Tensor:
-        return self._weights.clone()
-
-    def coefficients(self, products: torch.Tensor) -> torch.Tensor:
-        """``alpha`` from the Gram matrix ``G G^T`` (float64); the previous weights where unsolvable."""
+    def coefficients(self, group: int, products: torch.Tensor) -> torch.Tensor:
+        """``alpha`` from group ``group``'s Gram matrix ``G G^T`` (float64); the previous weights where unsolvable."""
         dots = products.numpy()
-        alpha = self._weights.cpu().double().numpy().copy()
+        alpha = self._weights[group, self.members(group)].cpu().double().numpy().copy()
         scale = float(np.linalg.norm(dots))
         if scale == 0.0:
             return torch.from_numpy(alpha)
         dots = dots / scale
         active = np.nonzero(dots.diagonal() > 1e-12)[0]
-        alpha[np.setdiff1d(np.arange(self.num_tasks), active)] = 0.0
+        alpha[np.setdiff1d(np.arange(dots.shape[0]), active)] = 0.0
         solved = bargaining_solution(dots[np.ix_(active, active)], self.max_iterations, self.tolerance)
         if solved is not None:
             alpha[active] = solved

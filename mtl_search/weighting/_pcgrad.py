@@ -10,7 +10,7 @@ from mtl_search.weighting._base import GramWeighting
 
 
 class PCGrad(GramWeighting):
-    """Projects away the conflicting part of each task's gradient of the shared layers.
+    """Projects away the conflicting part of each task's gradient of a group's shared layers.
 
     For each task ``i``, starting from ``g_i' = g_i``, and for each other task
     ``j`` in a random order: if ``g_i' . g_j < 0`` (the gradients conflict),
@@ -22,25 +22,25 @@ class PCGrad(GramWeighting):
     on the ``T x T`` Gram matrix and the update is ``sum_k w_k g_k`` exactly;
     ``weight/<task>`` logs these ``w_k`` (1 each without conflict, lower for a
     task whose gradient others' projections removed). Task-specific layers train
-    on the plain sum of the losses. The random order comes from the scheme's
+    on the plain sum of the losses. The random order comes from the group's
     generator, seeded with the trial's seed. No hyperparameters.
     """
 
     scheme = SCHEMES["pcgrad"]
 
-    def coefficients(self, products: torch.Tensor) -> torch.Tensor:
+    def coefficients(self, group: int, products: torch.Tensor) -> torch.Tensor:
         """The update's weights: ``sum_i g_i' = sum_k (sum_i C[i, k]) g_k``."""
-        return self.projections(products).sum(dim=0)
+        return self.projections(group, products).sum(dim=0)
 
-    def projections(self, products: torch.Tensor) -> torch.Tensor:
-        """``C`` with ``g_i' = sum_k C[i, k] g_k``, from the Gram matrix ``products = G G^T``."""
-        tasks = self.num_tasks
+    def projections(self, group: int, products: torch.Tensor) -> torch.Tensor:
+        """``C`` with ``g_i' = sum_k C[i, k] g_k``, from the Gram matrix ``products = G G^T`` of group ``group``."""
+        tasks = products.shape[0]
         # Plain Python floats: T is small, and per-element torch calls would cost more than the maths.
         dots = products.tolist()
         coefficients = [[float(i == k) for k in range(tasks)] for i in range(tasks)]
         for i in range(tasks):
             row = coefficients[i]
-            for j in torch.randperm(tasks, generator=self.generator).tolist():
+            for j in torch.randperm(tasks, generator=self.generators[group]).tolist():
                 if j == i or dots[j][j] <= 0:
                     continue
                 dot = sum(row[k] * dots[k][j] for k in range(tasks))  # g_i' . g_j

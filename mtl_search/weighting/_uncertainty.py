@@ -13,24 +13,27 @@ from mtl_search.weighting._base import Weighting
 
 
 class Uncertainty(Weighting):
-    """Learns one log-variance ``s_i`` per task and minimises
+    """Learns one log-variance ``s_i`` per task of each group and minimises, per group,
 
     ``sum_i 0.5 * exp(-s_i) * L_i + 0.5 * s_i``.
 
     The effective weight of task ``i`` is ``0.5 * exp(-s_i)``; the ``0.5 * s_i``
     term keeps the variances from growing without bound. ``s_i`` starts at 0 and
-    is trained by the network's optimiser. No hyperparameters.
+    is trained by the networks' optimiser. No hyperparameters.
     """
 
     scheme = SCHEMES["uncertainty"]
 
-    def __init__(self, tasks: Sequence[str], *, seed: int = 0) -> None:
-        super().__init__(tasks, seed=seed)
-        self.log_vars = nn.Parameter(torch.zeros(self.num_tasks))
+    def __init__(self, tasks: Sequence[str], groups: Sequence[Sequence[str]] | None = None, *,
+                 seed: int = 0) -> None:
+        super().__init__(tasks, groups, seed=seed)
+        self.log_vars = nn.Parameter(torch.zeros(self.num_groups, self.num_tasks))
 
     def combine(self, losses: torch.Tensor) -> torch.Tensor:
-        precision = torch.exp(-self.log_vars)
-        return (0.5 * precision * losses + 0.5 * self.log_vars).sum()
+        zero = torch.zeros((), dtype=losses.dtype, device=losses.device)
+        weighed = 0.5 * torch.exp(-self.log_vars) * losses + 0.5 * self.log_vars
+        return torch.where(self.weighed, weighed, zero).sum() + torch.where(
+            self.membership & ~self.weighed, losses, zero).sum()
 
     def weights(self) -> torch.Tensor:
-        return (0.5 * torch.exp(-self.log_vars)).detach()
+        return torch.where(self.weighed, 0.5 * torch.exp(-self.log_vars.detach()), self.plain_weights())

@@ -1,0 +1,32 @@
+"""The packing benchmark runs, on the CPU, every code path its GPU runs take (small sizes)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "packing.py"
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600)
+
+
+def test_packing_benchmark_prints_epoch_times_and_a_speed_up():
+    done = run("--rows", "1024", "--points", "2,1,16;1,0,16,8", "--repeats", "1")
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if re.match(r"\s+\d+\s+\d+\s+16\s", line)]
+    assert len(rows) == 2 and all(line.rstrip().endswith("x") for line in rows)
+
+
+def test_packing_throughput_mode_runs_on_the_cpu_and_refuses_a_missing_gpu():
+    done = run("--rows", "1024", "--throughput", "--seconds", "0.3", "--batch", "256")
+    assert done.returncode == 0, done.stderr
+    assert "packed / one network:" in done.stdout and "M samples/s" in done.stdout
+    if not torch.cuda.is_available():
+        refused = run("--device", "cuda", "--throughput")
+        assert refused.returncode != 0 and "no CUDA device is visible" in refused.stderr
