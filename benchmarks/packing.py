@@ -7,7 +7,7 @@ groups of its five Census-Income tasks train one epoch (14,000 rows, batch 512, 
 ``equal`` weighting) two ways:
 
 * **one at a time**: one :class:`mtl_search.model.MultiTaskNet` per group with its own
-  ``foreach`` AdamW, trained on the same batch one after another (what a trial of
+  fused AdamW, trained on the same batch one after another (what a trial of
   ``search.unit: group`` trains, network by network);
 * **packed**: one :class:`mtl_search.train.TrainingLoop` over all 31 groups
   (``mtl_search.packed.PackedNet``: stacked parameters, one wide product for every
@@ -76,8 +76,7 @@ class OneAtATime:
             torch.manual_seed(0)
             net = MultiTaskNet(data.num_features, {t: data.tasks[t].outputs for t in tasks},
                                trial.architecture()).to(device)
-            options = {"fused": True} if device.type == "cuda" else {"foreach": True}
-            optimizer = torch.optim.AdamW(net.parameters(), lr=trial.lr, **options)
+            optimizer = torch.optim.AdamW(net.parameters(), lr=trial.lr, fused=True)  # as mtl_search's step
             rows = torch.tensor([list(data.tasks).index(t) for t in tasks], device=device)
             self.nets.append((net, optimizer, tasks, [data.tasks[t].type for t in tasks], rows))
         self.generator = torch.Generator(device=device).manual_seed(0)

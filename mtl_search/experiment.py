@@ -10,6 +10,7 @@ import json
 import platform
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
@@ -155,9 +156,11 @@ def run_experiment(
         storage.publish_results(location, echo=echo)
 
     failed = int((~trials["status"].isin(OK_STATUSES)).sum()) if len(trials) else 0
+    count = trials["trial_id"].nunique() if len(trials) else 0
+    trained = f"{count} trials ({len(trials)} networks, {failed} failed)" if spec.search.unit == "pack" else (
+        f"{count} trials ({failed} failed)")
     echo("")
-    echo(f"{len(trials)} trials in {wall / 60:.1f} min ({failed} failed); top groupings "
-         "(ranked by validation; test_score is held-out):")
+    echo(f"{trained} in {wall / 60:.1f} min; top groupings (ranked by validation; test_score is held-out):")
     echo(format_top(board))
     echo(f"\nleaderboard: {storage.join_uri(str(location), storage.LEADERBOARD_FILE)}")
     return ExperimentResult(result_dir, trials, by_group, board, wall)
@@ -211,10 +214,12 @@ def confirm_groupings(spec: ExperimentSpec, data: PreparedData, features: RawFea
             for trial, members in packs.items() for seed in seeds]
     echo(f"confirm: retraining {len(groups)} networks of the top {len(top)} groupings with seeds {seeds} "
          f"({len(packs)} configuration(s), {len(jobs)} packs)")
-    results = {(group, seed): networks[group]
-               for (members, _, seed), networks in zip(jobs, retrain(data, jobs, settings, echo=echo), strict=True)
-               for group in members}
-    per_seed = [baseline_rows(data, features, spec.baselines, seed=seed) for seed in seeds]
+    with ThreadPoolExecutor(max_workers=1) as pool:  # the baselines refit here while Ray retrains the networks
+        refits = pool.submit(lambda: [baseline_rows(data, features, spec.baselines, seed=seed) for seed in seeds])
+        results = {(group, seed): networks[group]
+                   for (members, _, seed), networks in zip(jobs, retrain(data, jobs, settings, echo=echo), strict=True)
+                   for group in members}
+        per_seed = refits.result()
     references = {label: [rows[label] for rows in per_seed] for label in (per_seed[0] if per_seed else {})}
     return confirm_table(top, {n: t.type for n, t in data.tasks.items()}, results, seeds, references)
 
@@ -257,8 +262,9 @@ def _write_run_info(result_dir: Path, spec: ExperimentSpec, plan: SearchPlan, tr
         "host": platform.node(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "wall_s": round(wall, 2),
-        "trials": len(trials),
-        "trials_failed": int(len(trials) - len(ok)),
+        "trials": int(trials["trial_id"].nunique()) if len(trials) else 0,
+        "networks": len(trials),
+        "networks_failed": int(len(trials) - len(ok)),
         "trial_executor": spec.search.trial_executor,
         "gpus_per_worker": plan.settings.gpus_per_worker,
         "median_trial_wall_s": _median(ok, "wall_s"),

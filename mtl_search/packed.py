@@ -28,10 +28,17 @@ Computation
 -----------
 Activations are kept feature-major, ``(K, width, B)``, so every unit's activation is a contiguous
 ``(features, batch)`` matrix: the first hidden layer of all units reads the same batch and is ONE
-``addmm`` (``W (K*width, D) @ x.T``); every later layer is one ``baddbmm`` over contiguous operands
-(forward and both backward products need no transposing copies); the fan-out from group units to
-path units is one ``index_select``. Measured on one CPU thread (``benchmarks/packing.py``), the 31
-groups of the default spec train 1.2-2.7x faster per epoch than one network at a time.
+``addmm`` (``W (K*width, D) @ x.T``), or, for sparse rows given as their non-zero ``(columns,
+values)``, one ``embedding_bag`` over the ``(D, K*width)`` table (one-hot features make a dense
+product mostly multiplications by zero); every later layer is one ``baddbmm`` over contiguous
+operands (forward and both backward products need no transposing copies); the fan-out from group
+units to path units is one ``index_select``; ReLU runs in place.
+
+Measured on one CPU thread (``benchmarks/packing.py``, docs/benchmarks.md), an epoch of the 31
+groups of the default spec is 1.08-2.20x faster packed than one network at a time over the 19
+points of its space (1.55x at its default point). Past a width of about 64 the batched products
+are compute-bound either way, so the gain there comes from the sparse first layer and the
+per-network overhead packing removes.
 """
 
 from __future__ import annotations
@@ -210,24 +217,41 @@ class PackedNet(nn.Module):
 
     # --------------------------------------------------------------------------- computation
 
+    @staticmethod
+    def _first_layer(weight: torch.Tensor, bias: torch.Tensor, h: torch.Tensor,
+                     values: torch.Tensor | None) -> torch.Tensor:
+        """Every unit's first layer, ``(K*width, B)``: one product with the dense rows ``h`` (``(D, B)``), or,
+        from each row's non-zero ``(columns, values)``, a weighted sum of the columns of ``weight`` it reads."""
+        if values is None:
+            return torch.addmm(bias, weight, h)
+        # One contiguous copy of the (D, K*width) table, so each lookup reads one row of it.
+        rows = F.embedding_bag(h, weight.t().contiguous(), per_sample_weights=values.to(weight.dtype), mode="sum")
+        # Feature-major again, contiguous (an elementwise op on the transposed view would keep its strides).
+        return rows.t().contiguous().add_(bias)
+
     def _activate(self, h: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(h)
+        # In place: h is a fresh product, which no backward formula reads (ReLU's reads its output).
+        h = torch.relu_(h)
         dropout = self.architecture.dropout
         return F.dropout(h, dropout, self.training) if dropout > 0 else h
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Every group's outputs on the rows ``x`` (``(B, D)``).
+    def forward(self, x: torch.Tensor, values: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Every group's outputs on a batch of ``B`` rows.
+
+        Args:
+            x: the rows, ``(B, D)``; or, with ``values``, each row's non-zero columns ``(B, m)``.
+            values: the values at those columns ``(B, m)`` (0 where a row has fewer than ``m``).
 
         Returns:
             per task of :attr:`tasks`, the outputs ``(G_t, units, B)`` of the groups holding it (rows in
             :meth:`task_groups` order).
         """
         batch = x.shape[0]
-        h = x.t()  # (D, B): every unit of the first layer reads it
+        h = x.t() if values is None else x  # (D, B): every unit of the first layer reads it
         for layer, (weight, bias) in enumerate(self._stack()):
             units, width, fan_in = weight.shape
             if layer == 0:
-                h = torch.addmm(bias.reshape(units * width, 1), weight.reshape(units * width, fan_in), h)
+                h = self._first_layer(weight.reshape(units * width, fan_in), bias.reshape(units * width, 1), h, values)
                 h = self._activate(h).view(units, width, batch)
                 continue
             if layer == self.shared:

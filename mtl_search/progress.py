@@ -63,8 +63,11 @@ class Progress:
         statuses = sorted({str(row["status"]) for row in trial})
         outcome = f"score {score:.4f}" if finite else "/".join(statuses)
         label = str(first["group"]) if len(trial) == 1 else f"{len(trial)} networks"
+        epochs = max(int(row.get("epochs_run") or 0) for row in trial)
         if statuses == [Status.COMPLETED.value]:
-            detail = f"{first['epochs_run']} epochs"
+            detail = f"{epochs} epochs"
+        elif statuses == [Status.STOPPED.value]:
+            detail = f"stopped by the scheduler after {epochs} epochs"
         else:
             detail = ", ".join(f"{sum(r['status'] == s for r in trial)} {s}" if len(trial) > 1 else s for s in statuses)
         self.echo(

@@ -26,7 +26,8 @@ def write_html(results: Results, path: Path, plots: Sequence[Path], *, top: int 
     info = results.run_info
     facts = [("location", results.location), ("candidates", (results.config.get("grouping") or {}).get("candidates")),
              ("tasks", ", ".join(f"{t} ({k})" for t, k in results.tasks.items())),
-             ("trials", info.get("trials")), ("failed trials", info.get("trials_failed")),
+             ("trials", info.get("trials")), ("networks trained", info.get("networks")),
+             ("failed networks", info.get("networks_failed", info.get("trials_failed"))),
              ("wall time", f"{as_float(info.get('wall_s')) / 60:.1f} min" if "wall_s" in info else None),
              ("executor", info.get("trial_executor")), ("finished", info.get("finished")),
              ("versions", ", ".join(f"{k.removesuffix('_version')} {v}" for k, v in info.items()

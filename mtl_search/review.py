@@ -325,13 +325,13 @@ def _summary(results: Results) -> dict[str, str]:
     trained = int((~truthy(results.groups["estimated"])).sum()) if "estimated" in results.groups else len(
         results.groups)
     trials = info.get("trials", int(pd.to_numeric(results.groups.get("trials"), errors="coerce").sum()))
-    failed = info.get("trials_failed", int(pd.to_numeric(results.groups.get("trials_failed"),
-                                                         errors="coerce").sum()))
+    failed = info.get("networks_failed", info.get("trials_failed", int(pd.to_numeric(
+        results.groups.get("trials_failed"), errors="coerce").sum())))  # trials_failed: run.json before packs
     wall = as_float(info.get("wall_s"))
     out = {
         "candidates": str((results.config.get("grouping") or {}).get("candidates", "—")),
         "groups trained": str(trained),
-        "trials (failed)": f"{trials} ({failed})",
+        "trials (failed networks)": f"{trials} ({failed})",
         "wall time": f"{wall / 60:.1f} min" if math.isfinite(wall) else "—",
         "executor": str(info.get("trial_executor", "—")),
     }

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pandas as pd
 import ray
 from ray import tune
@@ -145,6 +146,15 @@ class SearchPlan:
     settings: TrialSettings
 
 
+def startup_trials(num_samples: int) -> int:
+    """Trials TPE samples at random before it models the scores: Optuna's 10, or a third of a smaller budget.
+
+    The seed points count among them. With Optuna's default a search of 8 configurations (the
+    default spec's) would never reach TPE at all.
+    """
+    return min(10, max(1, num_samples // 3))
+
+
 def run_search(
     spec: ExperimentSpec,
     data: PreparedData,
@@ -169,7 +179,7 @@ def run_search(
         metric="score",
         mode="min",
         points_to_evaluate=seed_points(domains, searched, tasks, spec.space.weighting_params),
-        seed=spec.seed,
+        sampler=optuna.samplers.TPESampler(n_startup_trials=startup_trials(plan.num_samples), seed=spec.seed),
     )
     if spec.search.scheduler.type == "asha":
         scheduler: Any = GroupedASHAScheduler(

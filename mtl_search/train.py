@@ -110,11 +110,20 @@ class FitResult:
 
 
 @torch.no_grad()
-def predict(net: PackedNet, x: torch.Tensor) -> list[torch.Tensor]:
-    """Every group's outputs (per task ``(G_t, units, N)``) for every row of ``x``, in chunks, in evaluation mode."""
+def predict(net: PackedNet, x: torch.Tensor | DeviceSplit) -> list[torch.Tensor]:
+    """Every group's outputs (per task ``(G_t, units, N)``) for every row of ``x`` (rows, or a split read as
+    its :meth:`~mtl_search.step.DeviceSplit.inputs`), in chunks, in evaluation mode."""
     was_training = net.training
     net.eval()
-    parts = [net(x[start:start + _EVAL_CHUNK]) for start in range(0, x.shape[0], _EVAL_CHUNK)]
+    rows = x.x.shape[0] if isinstance(x, DeviceSplit) else x.shape[0]
+    device = x.x.device if isinstance(x, DeviceSplit) else x.device
+
+    def chunk(start: int) -> tuple[torch.Tensor, ...]:
+        if isinstance(x, DeviceSplit):
+            return x.inputs(torch.arange(start, min(start + _EVAL_CHUNK, rows), device=device))
+        return (x[start:start + _EVAL_CHUNK],)
+
+    parts = [net(*chunk(start)) for start in range(0, rows, _EVAL_CHUNK)]
     net.train(was_training)
     return [torch.cat(outputs, dim=2) for outputs in zip(*parts, strict=True)]
 
@@ -389,7 +398,7 @@ def _train_and_score(data: PreparedData, loop: TrainingLoop, networks: dict[str,
     net = loop.net
     epoch_losses, epoch_weights = loop.run_epoch()
     valid = evaluated[VALID].select(net.tasks)
-    valid_outputs = predict(net, valid.x)
+    valid_outputs = predict(net, valid)
     valid_losses = pack_losses(net, loop.kinds, valid_outputs, valid.targets, valid.label_weights)
     # The epoch's one host sync: training losses, weights and validation losses in one copy.
     losses_cpu, weights_cpu, valid_cpu = torch.stack([epoch_losses, epoch_weights, valid_losses]).cpu()
@@ -418,6 +427,6 @@ def _train_and_score(data: PreparedData, loop: TrainingLoop, networks: dict[str,
     loop.weighting.end_epoch(epoch_losses)
     if improved:
         test = evaluated[TEST].select(net.tasks)
-        outputs = {VALID: valid_outputs, TEST: predict(net, test.x)}
+        outputs = {VALID: valid_outputs, TEST: predict(net, test)}
         for index in improved:
             networks[loop.groups[index]].best_metrics = _evaluate(data, loop, index, outputs)

@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 
 from mtl_search.grouping import make_strategy
-from mtl_search.results import network_key
 from mtl_search.leaderboard import (
     add_baseline_rows,
     add_estimates,
@@ -19,6 +18,7 @@ from mtl_search.leaderboard import (
     trial_rows,
     trials_frame,
 )
+from mtl_search.results import network_key
 
 TYPES = {"a": "regression", "b": "binary"}
 GROUPS = ["a", "b", "a+b"]

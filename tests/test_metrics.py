@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, log_loss, roc_auc_score
 
-from mtl_search.metrics import class_prior, evaluate_task, trivial_loss
+from mtl_search.metrics import class_prior, evaluate_task, macro_f1, roc_auc, trivial_loss
 
 
 def test_binary_metrics_match_sklearn():
@@ -55,3 +55,16 @@ def test_trivial_losses():
     expected = -(3 * math.log(4 / 6) + math.log(2 / 6)) / 4
     assert trivial_loss("binary", labels.astype(np.float32), np.ones(4, bool), prior) == pytest.approx(expected)
     assert math.isnan(trivial_loss("binary", labels, np.zeros(4, bool), prior))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auc_and_macro_f1_match_sklearn_with_ties_and_missing_classes(seed: int):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 300)
+    score = np.round(rng.normal(size=300) + y, 1)  # rounded: many tied scores
+    assert roc_auc(y, score) == pytest.approx(roc_auc_score(y, score), abs=1e-12)
+    labels = rng.integers(0, 6, 200)
+    predicted = np.where(rng.random(200) < 0.6, labels, rng.integers(0, 8, 200))  # classes 6, 7 only predicted
+    predicted[predicted == 2] = 3  # class 2 never predicted
+    assert macro_f1(labels, predicted) == pytest.approx(f1_score(labels, predicted, average="macro", zero_division=0),
+                                                        abs=1e-12)

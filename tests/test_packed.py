@@ -12,6 +12,7 @@ parameters must agree to 1e-5.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ from mtl_search.grouping import group_tasks
 from mtl_search.losses import batch_losses
 from mtl_search.model import MultiTaskNet
 from mtl_search.packed import PackedNet
-from mtl_search.step import to_device
+from mtl_search.step import nonzero_lists, to_device
 from mtl_search.train import Network, TrainingLoop, _train_and_score
 from mtl_search.trial import Architecture, TrialParams
 from mtl_search.weighting import WEIGHTINGS, SharedGradients, make_weighting
@@ -118,13 +119,19 @@ def test_a_pack_trains_each_group_exactly_as_alone(planted_data: PreparedData, w
 @pytest.mark.parametrize("sharing", [0, 2])
 def test_no_sharing_and_full_sharing_also_train_as_alone(planted_data: PreparedData, sharing: int):
     trial = params(sharing_depth=sharing, weighting="uncertainty", head_sizes=())
-    loop = TrainingLoop(planted_data, GROUPS, trial, seed=SEED)
-    alone = [Alone(planted_data, group, trial) for group in GROUPS]
-    for index in batches(planted_data, 3, 64):
+    train_both_and_compare(planted_data, trial)
+
+
+def train_both_and_compare(data: PreparedData, trial: TrialParams) -> TrainingLoop:
+    """Three steps of the pack and of each group alone on the same batches; the networks must agree."""
+    loop = TrainingLoop(data, GROUPS, trial, seed=SEED)
+    alone = [Alone(data, group, trial) for group in GROUPS]
+    for index in batches(data, 3, 64):
         loop.step(index)
         for reference in alone:
             reference.step(index)
     assert_same_networks(loop, alone)
+    return loop
 
 
 def test_each_group_has_its_separate_networks_parameter_count(planted_data: PreparedData):
@@ -150,6 +157,43 @@ def test_a_pack_of_one_group_is_its_network(planted_data: PreparedData):
     out = net(x)
     torch.testing.assert_close(out[0][0, 0], expected["a0"])
     torch.testing.assert_close(out[1][0].t(), expected["b0"])
+
+
+def one_hot_rows(rows: int = 96, seed: int = 0) -> torch.Tensor:
+    """Rows like an encoded table: three one-hot blocks of 6 columns, then 3 numeric columns (some exactly 0)."""
+    generator = torch.Generator().manual_seed(seed)
+    blocks = [torch.nn.functional.one_hot(torch.randint(0, 6, (rows,), generator=generator), 6) for _ in range(3)]
+    numeric = torch.randn(rows, 3, generator=generator)
+    numeric[::7, 1] = 0.0  # a row with fewer non-zeros than the others
+    return torch.cat([*blocks, torch.zeros(rows, 30), numeric], dim=1).float()
+
+
+def test_sparse_rows_give_the_dense_outputs_and_gradients():
+    x = one_hot_rows()
+    columns, values = nonzero_lists(x)
+    assert columns.shape == values.shape == (96, 6)
+    torch.testing.assert_close(torch.zeros_like(x).scatter_add_(1, columns, values), x)
+    architecture = Architecture(2, 1, 16, (8,))
+    net = PackedNet(x.shape[1], [("a", "b"), ("b",)], {"a": 1, "b": 3}, architecture)
+    dense, sparse = net(x), net(columns, values)
+    dense_grads = torch.autograd.grad(sum(o.square().sum() for o in dense), list(net.parameters()))
+    sparse_grads = torch.autograd.grad(sum(o.square().sum() for o in sparse), list(net.parameters()))
+    for got, expected in zip([*sparse, *sparse_grads], [*dense, *dense_grads], strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_dense_features_stay_dense():
+    assert nonzero_lists(torch.randn(10, 8)) is None
+    assert nonzero_lists(one_hot_rows()) is not None
+
+
+def test_a_pack_reading_sparse_rows_trains_each_group_as_alone(planted_data: PreparedData):
+    x = one_hot_rows(planted_data.splits["train"].rows, seed=1).numpy()
+    train = planted_data.splits["train"]
+    data = replace(planted_data, feature_names=[f"f{i}" for i in range(x.shape[1])],
+                   splits={**planted_data.splits, "train": replace(train, x=x)})
+    loop = train_both_and_compare(data, params(weighting="pcgrad"))
+    assert loop.train.nonzeros is not None  # the pack read (columns, values); the reference read dense rows
 
 
 def poison(loop: TrainingLoop, group: int) -> None:

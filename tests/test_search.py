@@ -8,7 +8,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from mtl_search.search import MULTI_TASK_ONLY, DefineByRunSpace, seed_points
+from mtl_search.search import MULTI_TASK_ONLY, DefineByRunSpace, seed_points, startup_trials
 from mtl_search.spec_file import spec_from_dict
 
 from .conftest import planted_spec_dict
@@ -200,3 +200,9 @@ def test_tracking_logs_every_trial(ray_local, tmp_path: Path, tracking: str):
     else:
         events = list((out / "tune").glob("*/events.out.tfevents.*"))
         assert len(events) == trials["trial_id"].nunique() == 2
+
+
+def test_tpe_models_the_scores_within_a_small_budget():
+    # Optuna's default of 10 random trials would leave a search of 8 configurations without TPE.
+    assert [startup_trials(n) for n in (1, 3, 8, 30, 40)] == [1, 1, 2, 10, 10]
+    assert startup_trials(8) < 8

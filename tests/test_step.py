@@ -173,10 +173,10 @@ def test_capturing_a_cpu_step_is_refused(planted_data: PreparedData):
         GraphStep(loop.step, 64, capture=True)
 
 
-def test_optimizer_is_fused_on_cuda_and_foreach_on_cpu():
+def test_optimizer_is_fused_on_both_devices():
     parameters = list(torch.nn.Linear(3, 2).parameters())
     cpu = make_optimizer(parameters, params(), CPU, capturable=False)
-    assert cpu.defaults["foreach"] is True and not cpu.defaults["fused"]
+    assert cpu.defaults["fused"] is True and not cpu.defaults["capturable"]
     cuda = make_optimizer(parameters, params(), CUDA, capturable=True)  # built, never stepped, here
     assert cuda.defaults["fused"] is True and cuda.defaults["capturable"] is True
 
