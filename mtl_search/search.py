@@ -20,6 +20,9 @@ What a trial runs is :mod:`mtl_search.ray_train`; early stopping within a group
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,6 +158,46 @@ def startup_trials(num_samples: int) -> int:
     return min(10, max(1, num_samples // 3))
 
 
+def restore_deleted_checkpoints(tune_dir: Path) -> list[Path]:
+    """Put back the trial checkpoints that a killed run's last experiment snapshot names but Tune had deleted.
+
+    Tune keeps one checkpoint per trial (``num_to_keep=1``): registering a new one deletes the old
+    one at once, while the experiment snapshot that names the new one is written a moment later, in
+    the background. A run killed in between leaves a snapshot naming a deleted checkpoint, and
+    restoring that trial fails ("Could not recover from checkpoint as it does not exist"). Each such
+    checkpoint is recreated as a copy of the trial's newest one, so the trial resumes from its newest
+    state (which records its own epoch) instead of failing.
+
+    Returns:
+        the checkpoint folders recreated.
+    """
+    snapshots = sorted(tune_dir.glob("experiment_state-*.json"))
+    if not snapshots:
+        return []
+    restored = []
+    for trial_json, runtime_json in json.loads(snapshots[-1].read_text()).get("trial_data", []):
+        trial_dir = tune_dir / str(json.loads(trial_json).get("relative_logdir", ""))
+        existing = sorted(trial_dir.glob("checkpoint_[0-9]*")) if trial_dir.is_dir() else []
+        # The checkpoint manager is stored pickled (hex); the folder names show through as text.
+        named = set(re.findall(r"checkpoint_\d{6}", runtime_json + _pickled_text(json.loads(runtime_json))))
+        for name in sorted(named):
+            if existing and not (trial_dir / name).exists():
+                shutil.copytree(existing[-1], trial_dir / name)
+                restored.append(trial_dir / name)
+    return restored
+
+
+def _pickled_text(value: Any) -> str:
+    """The bytes of every pickled value Tune stored in a JSON state (``CLOUDPICKLE_FALLBACK``), as text."""
+    if isinstance(value, dict):
+        if value.get("_type") == "CLOUDPICKLE_FALLBACK" and isinstance(value.get("value"), str):
+            return bytes.fromhex(value["value"]).decode("latin-1")
+        return "".join(_pickled_text(v) for v in value.values())
+    if isinstance(value, list):
+        return "".join(_pickled_text(v) for v in value)
+    return ""
+
+
 def run_search(
     spec: ExperimentSpec,
     data: PreparedData,
@@ -199,6 +242,9 @@ def run_search(
                              progress=progress)
     tune_path = result_dir / storage.TUNE_DIR
     if resume and tune.Tuner.can_restore(str(tune_path)):
+        for path in restore_deleted_checkpoints(tune_path):
+            echo(f"resume: {path.parent.name[:40]}...: its last recorded checkpoint had been replaced by a newer "
+                 f"one; continuing from the newer one")
         # Finished trials are kept as they are; unfinished and errored ones continue from their last
         # checkpoint; Optuna's state comes back with the experiment. (The run config, callbacks
         # included, is restored too: the recorder reloads trials.csv when the search starts.)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import pickle
 from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
 
-from mtl_search.search import MULTI_TASK_ONLY, DefineByRunSpace, seed_points, startup_trials
+from mtl_search.search import (
+    MULTI_TASK_ONLY,
+    DefineByRunSpace,
+    restore_deleted_checkpoints,
+    seed_points,
+    startup_trials,
+)
 from mtl_search.spec_file import spec_from_dict
 
 from .conftest import planted_spec_dict
@@ -206,3 +214,25 @@ def test_tpe_models_the_scores_within_a_small_budget():
     # Optuna's default of 10 random trials would leave a search of 8 configurations without TPE.
     assert [startup_trials(n) for n in (1, 3, 8, 30, 40)] == [1, 1, 2, 10, 10]
     assert startup_trials(8) < 8
+
+
+def test_a_checkpoint_the_last_snapshot_names_but_tune_deleted_is_put_back(tmp_path: Path):
+    """The state a run killed mid-checkpoint leaves (seen in a kill/resume test): Tune's experiment
+    snapshot names checkpoint_000000 of a trial, whose folder holds only the newer checkpoint_000001."""
+    trial = tmp_path / "inline_trial_ab12_3_lr=0.01"
+    (trial / "checkpoint_000001").mkdir(parents=True)
+    (trial / "checkpoint_000001" / "state.pt").write_bytes(b"newest")
+    (tmp_path / "untouched_trial" / "checkpoint_000004").mkdir(parents=True)
+    manager = {"_type": "CLOUDPICKLE_FALLBACK",
+               "value": pickle.dumps({"latest": f"{trial}/checkpoint_000000"}).hex()}
+    snapshot = {"trial_data": [
+        [json.dumps({"relative_logdir": trial.name}), json.dumps({"checkpoint_manager": manager})],
+        [json.dumps({"relative_logdir": "untouched_trial"}),
+         json.dumps({"last_result": {"checkpoint_dir_name": "checkpoint_000004"}})],
+        [json.dumps({"relative_logdir": "never_checkpointed"}), json.dumps({"checkpoint_manager": manager})],
+    ]}
+    (tmp_path / "experiment_state-2026-12-02_14-00-00.json").write_text(json.dumps(snapshot))
+    restored = restore_deleted_checkpoints(tmp_path)
+    assert restored == [trial / "checkpoint_000000"]
+    assert (trial / "checkpoint_000000" / "state.pt").read_bytes() == b"newest"
+    assert restore_deleted_checkpoints(tmp_path) == []  # nothing left to put back
