@@ -137,6 +137,8 @@ class DataSpec(_Strict):
     drop: list[str] = Field(default_factory=list)
     tasks: dict[str, TaskSpec] | None = None
     split: SplitSpec = Field(default_factory=SplitSpec)
+    #: How numeric features reach the network (see :func:`mtl_search.encoding.encode_features`).
+    numeric_encoding: Literal["standard", "quantile", "piecewise_linear"] = "standard"
 
     @field_validator("features", mode="before")
     @classmethod

@@ -110,7 +110,7 @@ def prepare(spec: ExperimentSpec) -> PreparedData:
                     f"task {name} (column {column} in {origin}) has no labelled rows in the {split} split; "
                     "it needs labels in every split: check the column or use more rows"
                 )
-    x, feature_names = encode_features(frame[features], index, origin)
+    x, feature_names = encode_features(frame[features], index, origin, spec.data.numeric_encoding)
     splits = {
         split: SplitArrays(x=x[split], y=labels[split], mask=masks[split], trivial_loss=trivial[split])
         for split in SPLITS

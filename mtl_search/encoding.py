@@ -3,8 +3,9 @@
 Targets: a regression target is standardised with the training mean and
 standard deviation; a classification target's classes are those seen in
 training (other values count as unlabelled). Features: numbers are imputed
-(median, plus a missing-value indicator) and standardised, other columns
-one-hot encoded (categories rarer than 10 training rows pooled).
+(median, plus a missing-value indicator) and standardised (or quantile- or
+piecewise-linear-encoded: ``data.numeric_encoding``), other columns one-hot
+encoded (categories rarer than 10 training rows pooled).
 """
 
 from __future__ import annotations
@@ -15,12 +16,54 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
 
 from mtl_search.config import DataSpec
 from mtl_search.errors import DataError
 from mtl_search.metrics import BINARY, MULTICLASS, REGRESSION, class_prior
 
 MISSING_CATEGORY = "__missing__"
+
+#: Bins per numeric column of the ``piecewise_linear`` encoding (at most: tied quantiles merge).
+PIECEWISE_BINS = 8
+
+
+class PiecewiseLinear(TransformerMixin, BaseEstimator):
+    """Piecewise-linear encoding of numbers (Gorishniy, Rubachev and Babenko, NeurIPS 2022), bins at the
+    training quantiles.
+
+    A column becomes one component per bin: 1 for the bins below the value, the value's position in its
+    own bin (0 to 1) for that bin, 0 for the bins above. The first component goes below 0 and the last
+    above 1 for values outside the training range, so nothing is clipped away. A column with one
+    distinct training value becomes one component of zeros.
+    """
+
+    def __init__(self, bins: int = PIECEWISE_BINS) -> None:
+        self.bins = bins
+
+    def fit(self, x: Any, y: Any = None) -> PiecewiseLinear:
+        x = np.asarray(x, dtype=np.float64)
+        self.n_features_in_ = x.shape[1]
+        self.edges_ = [np.unique(np.quantile(column, np.linspace(0.0, 1.0, self.bins + 1))) for column in x.T]
+        return self
+
+    def transform(self, x: Any) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        parts = []
+        for column, edges in zip(x.T, self.edges_, strict=True):
+            if len(edges) < 2:
+                parts.append(np.zeros((len(column), 1)))
+                continue
+            encoded = (column[:, None] - edges[:-1]) / np.diff(edges)
+            encoded[:, 1:] = np.maximum(encoded[:, 1:], 0.0)  # every bin but the first starts at 0
+            encoded[:, :-1] = np.minimum(encoded[:, :-1], 1.0)  # every bin but the last ends at 1
+            parts.append(encoded)
+        return np.hstack(parts)
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        names = input_features if input_features is not None else [f"x{i}" for i in range(self.n_features_in_)]
+        return np.array([f"{name}_bin{t}" for name, edges in zip(names, self.edges_, strict=True)
+                         for t in range(max(1, len(edges) - 1))], dtype=object)
 
 
 @dataclass(frozen=True)
@@ -175,13 +218,23 @@ def _refuse_garbled_numbers(values: pd.Series, origin: str) -> None:
 
 
 def encode_features(
-    frame: pd.DataFrame, index: dict[str, np.ndarray], origin: str
+    frame: pd.DataFrame, index: dict[str, np.ndarray], origin: str, numeric_encoding: str = "standard"
 ) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Scale numeric columns and one-hot encode the rest, fitted on the training rows."""
+    """Encode numeric columns and one-hot encode the rest, every transform fitted on the training rows only.
+
+    Numeric columns are median-imputed (with a missing-indicator column), then
+
+    * ``standard``: standardised (mean 0, variance 1);
+    * ``quantile``: mapped through their training quantiles to a standard normal (scikit-learn's
+      ``QuantileTransformer``), which makes skewed, heavy-tailed or spiky columns (incomes, counts)
+      well spread and bounded, the input treatment RealMLP and the TabM paper's baselines use;
+    * ``piecewise_linear``: one component per training-quantile bin (:class:`PiecewiseLinear`), so the
+      first layer can respond to each range of a number separately.
+    """
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+    from sklearn.preprocessing import OneHotEncoder, QuantileTransformer, StandardScaler
 
     numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c]) and
                not pd.api.types.is_bool_dtype(frame[c])]
@@ -198,9 +251,19 @@ def encode_features(
     table = pd.concat([frame[numeric], cats], axis=1)
     transformers = []
     if numeric:
+        train_rows = len(index["train"])
+        scaler = {
+            "standard": lambda: StandardScaler(),
+            # At most one quantile per training row; a fixed seed for its subsample of large tables.
+            "quantile": lambda: QuantileTransformer(n_quantiles=max(2, min(1000, train_rows)),
+                                                    output_distribution="normal", random_state=0),
+            "piecewise_linear": lambda: PiecewiseLinear(),
+        }
+        if numeric_encoding not in scaler:
+            raise ValueError(f"unknown numeric_encoding {numeric_encoding!r}; valid: {', '.join(scaler)}")
         transformers.append(("num", make_pipeline(SimpleImputer(strategy="median", add_indicator=True,
                                                                 keep_empty_features=True),
-                                                  StandardScaler()), numeric))
+                                                  scaler[numeric_encoding]()), numeric))
     if categorical:
         transformers.append(("cat", OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=10,
                                                   sparse_output=False, dtype=np.float32), categorical))

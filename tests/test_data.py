@@ -178,3 +178,47 @@ def test_raw_census_text_columns_become_categories_from_training():
     features = raw_features(spec.data, data)
     assert str(features["train"]["education"].dtype) == "category"
     assert features["valid"]["education"].cat.categories.equals(features["train"]["education"].cat.categories)
+
+
+@pytest.mark.parametrize("encoding", ["standard", "quantile", "piecewise_linear"])
+def test_every_numeric_encoding_is_fitted_on_training_rows_only(tmp_path: Path, encoding: str):
+    frame = make_table(rows=600)
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    before = prepare(spec_for(path, numeric_encoding=encoding))
+    held_out = np.setdiff1d(np.arange(len(frame)), before.rows["train"])
+    frame.loc[held_out, ["size", "age"]] *= 1000.0  # only validation and test rows change
+    frame.to_csv(path, index=False)
+    after = prepare(spec_for(path, numeric_encoding=encoding))
+    np.testing.assert_array_equal(after.splits["train"].x, before.splits["train"].x)
+    assert not np.array_equal(after.splits["valid"].x, before.splits["valid"].x)
+
+
+def test_quantile_encoding_spreads_a_skewed_column_like_a_normal(tmp_path: Path):
+    frame = make_table(rows=1000)
+    frame["size"] = np.random.default_rng(1).lognormal(0.0, 2.0, len(frame))  # heavy right tail
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    column = prepare(spec_for(path, numeric_encoding="quantile")).splits["train"].x[:, 0]
+    assert abs(float(np.median(column))) < 0.05 and 0.9 < float(np.std(column)) < 1.1
+    standard = prepare(spec_for(path)).splits["train"].x[:, 0]
+    assert float(np.max(standard)) > 3 * float(np.max(column))  # the tail no longer dominates
+
+
+def test_an_unknown_numeric_encoding_names_the_allowed_ones(tmp_path: Path):
+    path = tmp_path / "t.csv"
+    make_table().to_csv(path, index=False)
+    with pytest.raises(Exception, match="numeric_encoding.*'standard'.*'quantile'.*'piecewise_linear'"):
+        spec_for(path, numeric_encoding="robust")
+
+
+def test_piecewise_linear_encoding_follows_the_published_formula():
+    from mtl_search.encoding import PiecewiseLinear
+
+    train = np.array([[0.0], [1.0], [2.0], [3.0], [4.0]])
+    encoder = PiecewiseLinear(bins=4).fit(train)  # edges 0, 1, 2, 3, 4
+    encoded = encoder.transform(np.array([[2.5], [-1.0], [6.0], [0.0]]))
+    np.testing.assert_allclose(encoded, [[1, 1, 0.5, 0], [-1, 0, 0, 0], [1, 1, 1, 3], [0, 0, 0, 0]])
+    assert list(encoder.get_feature_names_out(["x"])) == ["x_bin0", "x_bin1", "x_bin2", "x_bin3"]
+    constant = PiecewiseLinear().fit(np.ones((5, 1)))
+    assert constant.transform(np.array([[7.0]])).tolist() == [[0.0]]
