@@ -299,6 +299,9 @@ class SearchSpec(_Strict):
     pack_size: int | None = Field(None, ge=1)
     objective: Literal["best_grouping", "mean"] = "best_grouping"
     num_samples: Any = "auto"
+    #: Trials TPE samples at random before it models the scores (seed points included); ``auto``: a
+    #: third of a budget under 30, else 10 (see :func:`mtl_search.search.startup_trials`).
+    startup_trials: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
     max_concurrent_trials: int = Field(2, ge=1)
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     trial_executor: Literal["train", "inline"] = "train"

@@ -222,7 +222,9 @@ def run_search(
         metric="score",
         mode="min",
         points_to_evaluate=seed_points(domains, searched, tasks, spec.space.weighting_params),
-        sampler=optuna.samplers.TPESampler(n_startup_trials=startup_trials(plan.num_samples), seed=spec.seed),
+        sampler=optuna.samplers.TPESampler(n_startup_trials=(startup_trials(plan.num_samples)
+                                                             if spec.search.startup_trials == "auto"
+                                                             else spec.search.startup_trials), seed=spec.seed),
     )
     if spec.search.scheduler.type == "asha":
         scheduler: Any = GroupedASHAScheduler(

@@ -156,7 +156,7 @@ def test_inline_search_gives_every_group_a_trial_and_writes_results(ray_local, t
 def test_inline_trials_stopped_by_asha_are_recorded(ray_local, tmp_path: Path):
     trials, _ = run(tmp_path, **{"data.params": {"rows": 400, "features": 8, "clusters": 1, "tasks_per_cluster": 1},
                                  "space.lr": {"choice": [0.03, 1e-5, 2e-5, 3e-5, 4e-5, 5e-5]}, "space.epochs": 6,
-                                 "search.num_samples": 6,
+                                 "search.num_samples": 6, "search.startup_trials": 6,  # sampled at random: bad lrs
                                  "search.scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2}})
     assert len(trials) == 6
     assert set(trials["status"]) <= {"completed", "stopped"}
