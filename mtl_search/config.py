@@ -299,8 +299,7 @@ class SearchSpec(_Strict):
     pack_size: int | None = Field(None, ge=1)
     objective: Literal["best_grouping", "mean"] = "best_grouping"
     num_samples: Any = "auto"
-    #: Trials TPE samples at random before it models the scores (seed points included); ``auto``: a
-    #: third of a budget under 30, else 10 (see :func:`mtl_search.search.startup_trials`).
+    #: Trials TPE samples at random before it models the scores (:meth:`ExperimentSpec.startup_trials`).
     startup_trials: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
     max_concurrent_trials: int = Field(2, ge=1)
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
@@ -445,6 +444,15 @@ class ExperimentSpec(_Strict):
             raise ValueError(f"train.cuda_graphs is 'on' but {'; '.join(problems)}: use train.cuda_graphs "
                              "'auto' (capture where possible) or change those settings")
         return self
+
+    def startup_trials(self, num_samples: int) -> int:
+        """Trials TPE samples at random before it models the scores (``search.startup_trials``; seed points count).
+
+        ``auto``: Optuna's 10, or a third of a smaller budget: with Optuna's default a search of 8
+        configurations (the default spec's) would never reach TPE at all.
+        """
+        requested = self.search.startup_trials
+        return min(10, max(1, num_samples // 3)) if requested == "auto" else int(requested)
 
     def num_samples(self, groups: Sequence[str]) -> int:
         """Trials for these candidate groups (``search.num_samples``).

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -253,11 +254,11 @@ def encode_features(
     if numeric:
         train_rows = len(index["train"])
         scaler = {
-            "standard": lambda: StandardScaler(),
+            "standard": StandardScaler,
             # At most one quantile per training row; a fixed seed for its subsample of large tables.
-            "quantile": lambda: QuantileTransformer(n_quantiles=max(2, min(1000, train_rows)),
-                                                    output_distribution="normal", random_state=0),
-            "piecewise_linear": lambda: PiecewiseLinear(),
+            "quantile": partial(QuantileTransformer, n_quantiles=max(2, min(1000, train_rows)),
+                                output_distribution="normal", random_state=0),
+            "piecewise_linear": PiecewiseLinear,
         }
         if numeric_encoding not in scaler:
             raise ValueError(f"unknown numeric_encoding {numeric_encoding!r}; valid: {', '.join(scaler)}")

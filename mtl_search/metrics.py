@@ -121,7 +121,7 @@ def evaluate_task(
 def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
     """Area under the ROC curve of ``score`` for 0/1 labels ``y`` (both present): the Mann-Whitney U
     statistic, tied scores sharing their average rank."""
-    values, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
+    _, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
     average_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based
     positives = y == 1
     n_pos = int(positives.sum())

@@ -149,15 +149,6 @@ class SearchPlan:
     settings: TrialSettings
 
 
-def startup_trials(num_samples: int) -> int:
-    """Trials TPE samples at random before it models the scores: Optuna's 10, or a third of a smaller budget.
-
-    The seed points count among them. With Optuna's default a search of 8 configurations (the
-    default spec's) would never reach TPE at all.
-    """
-    return min(10, max(1, num_samples // 3))
-
-
 def restore_deleted_checkpoints(tune_dir: Path) -> list[Path]:
     """Put back the trial checkpoints that a killed run's last experiment snapshot names but Tune had deleted.
 
@@ -222,9 +213,7 @@ def run_search(
         metric="score",
         mode="min",
         points_to_evaluate=seed_points(domains, searched, tasks, spec.space.weighting_params),
-        sampler=optuna.samplers.TPESampler(n_startup_trials=(startup_trials(plan.num_samples)
-                                                             if spec.search.startup_trials == "auto"
-                                                             else spec.search.startup_trials), seed=spec.seed),
+        sampler=optuna.samplers.TPESampler(n_startup_trials=spec.startup_trials(plan.num_samples), seed=spec.seed),
     )
     if spec.search.scheduler.type == "asha":
         scheduler: Any = GroupedASHAScheduler(

@@ -110,20 +110,12 @@ class FitResult:
 
 
 @torch.no_grad()
-def predict(net: PackedNet, x: torch.Tensor | DeviceSplit) -> list[torch.Tensor]:
-    """Every group's outputs (per task ``(G_t, units, N)``) for every row of ``x`` (rows, or a split read as
-    its :meth:`~mtl_search.step.DeviceSplit.inputs`), in chunks, in evaluation mode."""
+def predict(net: PackedNet, split: DeviceSplit) -> list[torch.Tensor]:
+    """Every group's outputs (per task ``(G_t, units, N)``) for every row of ``split``, in chunks, in eval mode."""
     was_training = net.training
     net.eval()
-    rows = x.x.shape[0] if isinstance(x, DeviceSplit) else x.shape[0]
-    device = x.x.device if isinstance(x, DeviceSplit) else x.device
-
-    def chunk(start: int) -> tuple[torch.Tensor, ...]:
-        if isinstance(x, DeviceSplit):
-            return x.inputs(torch.arange(start, min(start + _EVAL_CHUNK, rows), device=device))
-        return (x[start:start + _EVAL_CHUNK],)
-
-    parts = [net(*chunk(start)) for start in range(0, rows, _EVAL_CHUNK)]
+    rows = torch.arange(split.x.shape[0], device=split.x.device)
+    parts = [net(*split.inputs(rows[start:start + _EVAL_CHUNK])) for start in range(0, len(rows), _EVAL_CHUNK)]
     net.train(was_training)
     return [torch.cat(outputs, dim=2) for outputs in zip(*parts, strict=True)]
 

@@ -15,7 +15,6 @@ from mtl_search.search import (
     DefineByRunSpace,
     restore_deleted_checkpoints,
     seed_points,
-    startup_trials,
 )
 from mtl_search.spec_file import spec_from_dict
 
@@ -212,8 +211,10 @@ def test_tracking_logs_every_trial(ray_local, tmp_path: Path, tracking: str):
 
 def test_tpe_models_the_scores_within_a_small_budget():
     # Optuna's default of 10 random trials would leave a search of 8 configurations without TPE.
-    assert [startup_trials(n) for n in (1, 3, 8, 30, 40)] == [1, 1, 2, 10, 10]
-    assert startup_trials(8) < 8
+    spec = spec_from_dict({"name": "t", "data": {"source": "builtin:planted"}})
+    assert [spec.startup_trials(n) for n in (1, 3, 8, 30, 40)] == [1, 1, 2, 10, 10]
+    chosen = spec_from_dict({"name": "t", "data": {"source": "builtin:planted"}, "search": {"startup_trials": 6}})
+    assert chosen.startup_trials(8) == 6
 
 
 def test_a_checkpoint_the_last_snapshot_names_but_tune_deleted_is_put_back(tmp_path: Path):

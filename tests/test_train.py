@@ -12,6 +12,7 @@ import torch
 from mtl_search.data import PreparedData
 from mtl_search.grouping import group_id
 from mtl_search.results import network_key
+from mtl_search.step import to_device
 from mtl_search.train import fit, predict, split_packs
 from mtl_search.trial import TrialParams
 from mtl_search.weighting import WEIGHTINGS
@@ -122,10 +123,11 @@ def test_predict_is_chunked_and_side_effect_free(planted_data: PreparedData):
     net = PackedNet(planted_data.num_features, [("a0",), ("a0", "b0")], {"a0": 1, "b0": 3},
                     Architecture(1, 1, 8, dropout=0.5))
     net.train()
-    x = torch.as_tensor(planted_data.splits["valid"].x)
-    out = predict(net, x)
-    assert net.training and out[0].shape == (2, 1, x.shape[0]) and out[1].shape == (1, 3, x.shape[0])
-    assert torch.equal(out[0], predict(net, x)[0])  # evaluation mode: dropout off
+    valid = to_device(planted_data.splits["valid"], list(planted_data.tasks), torch.device("cpu"))
+    rows = valid.x.shape[0]
+    out = predict(net, valid)
+    assert net.training and out[0].shape == (2, 1, rows) and out[1].shape == (1, 3, rows)
+    assert torch.equal(out[0], predict(net, valid)[0])  # evaluation mode: dropout off
 
 
 def test_packs_split_in_order():
