@@ -34,6 +34,7 @@ from mtl_search.domain import (
 )
 from mtl_search.errors import SpecError
 from mtl_search.grouping import CANDIDATE_STRATEGIES, CandidateStrategy, make_strategy
+from mtl_search.schedule import SCHEDULES
 from mtl_search.schemes import SCHEMES, parse_scheme_params
 
 BUILTIN_PREFIX = "builtin:"
@@ -58,6 +59,22 @@ def _domain_type(check: ValueCheck, normalise: Callable[[Any], Any] | None = Non
 def _check_weighting(value: Any) -> str | None:
     if not isinstance(value, str) or value not in SCHEMES:  # a list or mapping here is a typo too
         return f"unknown weighting; valid: {', '.join(sorted(SCHEMES))}"
+    return None
+
+
+#: The network families a trial can train (``space.backbone``; :mod:`mtl_search.model`).
+BACKBONES = ("mlp", "tabm")
+
+
+def _check_backbone(value: Any) -> str | None:
+    if not isinstance(value, str) or value not in BACKBONES:
+        return f"unknown backbone; valid: {', '.join(BACKBONES)}"
+    return None
+
+
+def _check_schedule(value: Any) -> str | None:
+    if not isinstance(value, str) or value not in SCHEDULES:
+        return f"unknown lr_schedule; valid: {', '.join(SCHEDULES)}"
     return None
 
 
@@ -224,6 +241,16 @@ class SpaceSpec(_Strict):
         "float", (1e-4, 1e-2), log=True)
     weight_decay: _domain_type(Interval("real", 0.0, 1.0).check) = Domain.const(0.0)  # type: ignore[valid-type]
     dropout: _domain_type(Interval("real", 0.0, 0.9).check) = Domain.const(0.0)  # type: ignore[valid-type]
+    #: ``mlp``, or ``tabm``: ``members`` implicit members sharing every weight matrix (:mod:`mtl_search.model`).
+    backbone: _domain_type(_check_backbone) = Domain.const("mlp")  # type: ignore[valid-type]
+    #: TabM's ensemble size ``k`` (ignored by ``mlp``).
+    members: _domain_type(_AT_LEAST_1.check) = Domain.const(8)  # type: ignore[valid-type]
+    #: ``constant``, ``cosine`` or ``linear`` (both with a short warm-up; :mod:`mtl_search.schedule`).
+    lr_schedule: _domain_type(_check_schedule) = Domain.const("cosine")  # type: ignore[valid-type]
+    #: Each network's gradient norm is clipped to this (0: no clipping).
+    grad_clip: _domain_type(Interval("real", 0.0).check) = Domain.const(0.0)  # type: ignore[valid-type]
+    #: A pack stops once none of its networks improved its validation score for this many epochs (0: never).
+    patience: _domain_type(Interval("int", 0).check) = Domain.const(0)  # type: ignore[valid-type]
     batch_size: _domain_type(_AT_LEAST_1.check) = Domain.const(512)  # type: ignore[valid-type]
     epochs: _domain_type(_AT_LEAST_1.check) = Domain.const(20)  # type: ignore[valid-type]
     #: The weighting schemes' own hyperparameters, ``<scheme>.<param>`` -> a constant or a domain

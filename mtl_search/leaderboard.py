@@ -83,8 +83,8 @@ def trial_rows(
             status, reason = Status.DIVERGED, str(network.get("reason", ""))
         elif not network:
             status, reason = Status.ERROR, "the trial reported no result"
-        elif epochs_run >= max_epochs:
-            status, reason = Status.COMPLETED, ""
+        elif epochs_run >= max_epochs or network.get("status") == Status.COMPLETED:  # all epochs, or patience
+            status, reason = Status.COMPLETED, str(network.get("reason", ""))
         else:
             status, reason = Status.STOPPED, f"early-stopped after {epochs_run} of {max_epochs} epochs"
         ok = status in OK_STATUSES

@@ -8,6 +8,7 @@ has loss 0). :mod:`mtl_search.metrics` computes the same losses in NumPy for rep
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -69,17 +70,41 @@ def pack_losses(net: PackedNet, kinds: Sequence[str], outputs: Sequence[torch.Te
     Args:
         net: the pack (its tasks, the groups holding each, where each loss goes).
         kinds: each of ``net.tasks``' type.
-        outputs: ``net``'s outputs, per task ``(G_t, units, B)``.
+        outputs: ``net``'s outputs, per task ``(G_t, units, m*B)``: ``m`` = 1, or a TabM pack's members, each
+            member's ``B`` columns in turn; each member's loss counts ``1/m`` (TabM trains on their mean).
         targets: ``[T, B]`` labels (class ids as floats).
         label_weights: ``[T, B]``, 1 where a task's label is present, else 0.
     """
     per_task = []
+    members = outputs[0].shape[-1] // max(1, targets.shape[1]) if outputs else 1
+    if members > 1:
+        targets, label_weights = targets.repeat(1, members), label_weights.repeat(1, members)
     for index, (kind, output) in enumerate(zip(kinds, outputs, strict=True)):
         output = output.float()
         target = targets[index].expand(output.shape[0], -1)
-        rows = row_losses(kind, output if kind == MULTICLASS else output[:, 0], target)  # (G_t, B)
+        rows = row_losses(kind, output if kind == MULTICLASS else output[:, 0], target)  # (G_t, m*B)
         weights = label_weights[index]
         per_task.append((rows * weights).sum(dim=1) / weights.sum().clamp_min(1.0))
     values = torch.cat(per_task)
     matrix = values.new_zeros(len(net.groups), len(net.tasks))
     return matrix.index_put((net.loss_rows, net.loss_columns), values)
+
+
+def ensemble_mean(kind: str, output: torch.Tensor, members: int) -> torch.Tensor:
+    """One prediction from ``members`` members' outputs ``(..., units, members*N)`` (each member's ``N`` columns
+    in turn): ``(..., units, N)`` in the outputs' own space.
+
+    Regression: the mean value. Binary: the logit of the mean probability. Multiclass: the log of the mean
+    class probabilities (scores a softmax maps back to that mean). The probabilities are averaged, as TabM
+    averages its members' predictions, in log space for stability.
+    """
+    if members == 1:
+        return output
+    output = output.float().unflatten(-1, (members, -1))  # (..., units, members, N)
+    if kind == REGRESSION:
+        return output.mean(dim=-2)
+    if kind == BINARY:  # log(mean p) - log(mean (1 - p)); the log of the count cancels
+        return (torch.logsumexp(F.logsigmoid(output), dim=-2) - torch.logsumexp(F.logsigmoid(-output), dim=-2))
+    if kind == MULTICLASS:
+        return torch.logsumexp(torch.log_softmax(output, dim=-3), dim=-2) - math.log(members)
+    raise ValueError(unknown_task_type(kind))

@@ -40,7 +40,7 @@ class Status(str, enum.Enum):
     """What became of a trial (or of one network in it): ``trials.csv``'s ``status``."""
 
     RUNNING = "running"  #: still training (only in reports, never in a finished table)
-    COMPLETED = "completed"  #: trained every epoch
+    COMPLETED = "completed"  #: trained every epoch, or until its pack ran out of patience
     STOPPED = "stopped"  #: early-stopped by the scheduler; its best epoch still counts
     DIVERGED = "diverged"  #: its loss became non-finite; it never scores
     ERROR = "error"  #: its process failed; it never scores

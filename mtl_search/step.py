@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from mtl_search.config import TrainSpec
 from mtl_search.data import SplitArrays
 from mtl_search.losses import pack_losses
 from mtl_search.packed import PackedNet
+from mtl_search.schedule import lr_factor
 from mtl_search.trial import TrialParams
 from mtl_search.weighting import SharedGradients, Weighting
 
@@ -165,11 +167,26 @@ def wants_capture(options: TrainSpec, device: torch.device, weighting: Weighting
 def make_optimizer(parameters: Sequence[nn.Parameter], params: TrialParams, device: torch.device,
                     capturable: bool) -> torch.optim.AdamW:
     """AdamW, fused: one kernel updates every parameter (on a CPU too: 4-10% faster epochs than ``foreach``,
-    measured with ``benchmarks/packing.py``); ``capturable`` keeps the step count on the device for a CUDA graph."""
+    measured with ``benchmarks/packing.py``); ``capturable`` keeps the step count on the device for a CUDA graph,
+    and, under a learning-rate schedule, the learning rate too (a tensor the schedule fills in place, so a
+    replayed graph reads the current value)."""
     options: dict[str, Any] = {"fused": True}
+    lr: float | torch.Tensor = params.lr
     if device.type == "cuda":
         options["capturable"] = capturable
-    return torch.optim.AdamW(parameters, lr=params.lr, weight_decay=params.weight_decay, **options)
+        if capturable and params.lr_schedule != "constant":
+            lr = torch.tensor(params.lr, device=device)
+    return torch.optim.AdamW(parameters, lr=lr, weight_decay=params.weight_decay, **options)
+
+
+def make_lr_schedule(optimizer: torch.optim.Optimizer, params: TrialParams,
+                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR | None:
+    """The trial's learning-rate schedule over its planned steps (:mod:`mtl_search.schedule`); None if constant."""
+    if params.lr_schedule == "constant":
+        return None
+    total = params.epochs * steps_per_epoch
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_factor, params.lr_schedule,
+                                                                          total=total))
 
 
 class Step:
@@ -191,13 +208,14 @@ class Step:
         shared: the trunks a gradient-level scheme steers (None: backpropagate the combined loss).
         amp: ``bf16`` runs the forward pass under autocast; ``none`` in float32.
         distributed: data-parallel settings (the scheme's own gradients are averaged by hand).
+        grad_clip: clip each network's gradient norm to this before the update (0: no clipping).
     """
 
     def __init__(self, model: nn.Module, net: PackedNet, weighting: Weighting, optimizer: torch.optim.Optimizer,
                  train: DeviceSplit, kinds: Sequence[str], *, shared: SharedLayout | None = None,
-                 amp: str = "none", distributed: Distributed | None = None) -> None:
+                 amp: str = "none", distributed: Distributed | None = None, grad_clip: float = 0.0) -> None:
         self.model, self.net, self.weighting, self.optimizer, self.train = model, net, weighting, optimizer, train
-        self.kinds, self.shared = tuple(kinds), shared
+        self.kinds, self.shared, self.grad_clip = tuple(kinds), shared, grad_clip
         device = train.x.device
         if amp == "bf16":
             # No weight-cast cache: each weight is used once per pass, and a cache must not outlive a graph capture.
@@ -241,6 +259,8 @@ class Step:
             gradient_step(self.weighting, losses, self.shared)
         if self.sync_weighting:
             _average_gradients(self.weighting.parameters(), self.world_size)
+        if self.grad_clip > 0:
+            self.net.clip_grad_norms_(self.grad_clip)
         self.optimizer.step()
         self.loss_sums += measured.detach()  # a diverged group's sums show it (non-finite)
         self.weight_sums += self.weighting.weights()
@@ -302,7 +322,8 @@ class GraphStep:
     exactly where it was. A call with a full batch copies its indices into the
     static buffer and replays the graph; a shorter batch (an epoch's last) runs
     the same step eagerly, writing into the same gradient tensors. The learning
-    rate is baked into the graph (mtl_search uses a constant one).
+    rate is read from a device tensor under a schedule (:func:`make_optimizer`), so the schedule's
+    in-place updates reach the replayed steps.
 
     With ``capture`` False everything but the capture itself runs (eagerly, on any
     device), which is how the protocol is tested without a GPU.
@@ -384,9 +405,10 @@ def shared_layout(net: PackedNet, weighting: Weighting) -> SharedLayout | None:
     if not weighting.needs_task_gradients or not parameters or not steered:
         return None
     offset, last_layer = 0, slice(0, 0)
+    weights = {id(weight) for weight in net.shared_weights()}
     for parameter in parameters:
         size = parameter[0].numel()
-        if parameter.ndim == 3:  # a stacked weight matrix
+        if id(parameter) in weights:
             last_layer = slice(offset, offset + size)
         offset += size
     return SharedLayout(parameters, torch.tensor(steered, device=parameters[0].device), last_layer)

@@ -56,7 +56,7 @@ import torch
 from mtl_search.config import TrainSpec
 from mtl_search.data import PreparedData
 from mtl_search.grouping import group_tasks
-from mtl_search.losses import pack_losses
+from mtl_search.losses import ensemble_mean, pack_losses
 from mtl_search.metrics import MULTICLASS, evaluate_task
 from mtl_search.objective import trial_score
 from mtl_search.packed import PackedNet
@@ -78,6 +78,7 @@ from mtl_search.step import (
     Distributed,
     GraphStep,
     Step,
+    make_lr_schedule,
     make_optimizer,
     shared_layout,
     to_device,
@@ -110,12 +111,19 @@ class FitResult:
 
 
 @torch.no_grad()
-def predict(net: PackedNet, split: DeviceSplit) -> list[torch.Tensor]:
-    """Every group's outputs (per task ``(G_t, units, N)``) for every row of ``split``, in chunks, in eval mode."""
+def predict(net: PackedNet, split: DeviceSplit, kinds: Sequence[str]) -> list[torch.Tensor]:
+    """Every group's outputs (per task ``(G_t, units, N)``) for every row of ``split``, in chunks, in eval mode.
+
+    A TabM pack's members are averaged into one prediction (:func:`mtl_search.losses.ensemble_mean`);
+    ``kinds`` are the types of ``net.tasks``.
+    """
     was_training = net.training
     net.eval()
     rows = torch.arange(split.x.shape[0], device=split.x.device)
-    parts = [net(*split.inputs(rows[start:start + _EVAL_CHUNK])) for start in range(0, len(rows), _EVAL_CHUNK)]
+    parts = []
+    for start in range(0, len(rows), _EVAL_CHUNK):
+        outputs = net(*split.inputs(rows[start:start + _EVAL_CHUNK]))
+        parts.append([ensemble_mean(kind, output, net.members) for kind, output in zip(kinds, outputs, strict=True)])
     net.train(was_training)
     return [torch.cat(outputs, dim=2) for outputs in zip(*parts, strict=True)]
 
@@ -187,15 +195,21 @@ class TrainingLoop:
         self.trainable = net if distributed.wrap_model is None else distributed.wrap_model(net)
         self.optimizer = make_optimizer([*net.parameters(), *weighting.parameters()], params, device,
                                         capturable=self.cuda_graph)
+        self.lr_schedule = make_lr_schedule(self.optimizer, params, self.steps)
         self.generator = torch.Generator(device=device).manual_seed(seed)
+        #: Epochs in a row in which none of the pack's networks improved its validation score.
+        self.stale_epochs = 0
         step = Step(self.trainable, net, weighting, self.optimizer, self.train, self.kinds, shared=self.shared,
-                    amp=options.amp, distributed=distributed)
+                    amp=options.amp, distributed=distributed, grad_clip=params.grad_clip)
         if initial_state is not None:
             net.load_state_dict(initial_state["net"])
             weighting.load_state_dict(initial_state["weighting"])
             self.optimizer.load_state_dict(initial_state["optimizer"])
             self.generator.set_state(initial_state["generator"])
             step.live.copy_(initial_state["live"])
+            self.stale_epochs = initial_state.get("stale_epochs", 0)
+            if self.lr_schedule is not None:
+                self.lr_schedule.load_state_dict(initial_state["lr_schedule"])
         self.step: Step | GraphStep = (GraphStep(step, params.batch_size, capture=True) if self.cuda_graph
                                        else step)
         self._drop_frozen()
@@ -230,13 +244,21 @@ class TrainingLoop:
         step.weight_sums.zero_()
         for index in range(self.steps):
             step(order[index * batch_size:(index + 1) * batch_size])
+            if self.lr_schedule is not None:
+                self.lr_schedule.step()
         return step.loss_sums / self.steps, step.weight_sums / self.steps
 
     def state(self) -> dict[str, Any]:
         """The training state a checkpoint holds (without the epoch bookkeeping :func:`fit` adds)."""
         return {"net": self.net.state_dict(), "weighting": self.weighting.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
-                "live": self.live.clone()}
+                "live": self.live.clone(), "stale_epochs": self.stale_epochs,
+                "lr_schedule": self.lr_schedule.state_dict() if self.lr_schedule is not None else None}
+
+    @property
+    def patient(self) -> bool:
+        """Whether the pack trains on: its networks improved within the last ``patience`` epochs (or no patience)."""
+        return self.params.patience == 0 or self.stale_epochs < self.params.patience
 
 
 @dataclass
@@ -320,7 +342,8 @@ def fit(
         ValueError: an unknown task; a gradient-level scheme with data-parallel workers;
             ``cuda_graphs: on`` where the step cannot be captured.
     """
-    if initial_state is not None and initial_state["epoch"] >= params.epochs:
+    if initial_state is not None and (initial_state["epoch"] >= params.epochs or initial_state["last_metrics"].get(
+            "status") in (Status.COMPLETED, Status.DIVERGED)):
         # Restored after its last epoch (the run finished just before an interruption): there is nothing
         # left to train, so report the final metrics again for whoever is waiting for them.
         final = dict(initial_state["last_metrics"])
@@ -359,12 +382,19 @@ def fit(
     for epoch in range(start_epoch, params.epochs):
         started = time.perf_counter()
         for loop in loops:
-            _train_and_score(data, loop, networks, evaluated, trivial, epoch)
+            if loop.patient:
+                _train_and_score(data, loop, networks, evaluated, trivial, epoch)
+                if not loop.patient:  # out of patience: its networks keep their best epochs and stop here
+                    for group in loop.groups:
+                        if networks[group].status == Status.RUNNING:
+                            networks[group].status = Status.COMPLETED.value
+                            networks[group].reason = (f"stopped after epoch {epoch + 1}: no network of its pack "
+                                                      f"improved for {params.patience} epochs (patience)")
         loop_seconds += time.perf_counter() - started
         scored = {group: network.valid_nloss for group, network in networks.items()
                   if network.status != Status.DIVERGED and network.valid_nloss}
         diverged = [group for group, network in networks.items() if network.status == Status.DIVERGED]
-        last = epoch + 1 == params.epochs
+        last = epoch + 1 == params.epochs or not any(loop.patient for loop in loops)
         status = Status.DIVERGED if len(diverged) == len(networks) else Status.COMPLETED if last else Status.RUNNING
         for network in networks.values():
             if last and network.status == Status.RUNNING:
@@ -378,7 +408,7 @@ def fit(
             report(metrics, state)
         result = FitResult(status.value, epoch + 1, metrics["score"],
                            {group: network.metrics() for group, network in networks.items()}, metrics)
-        if status == Status.DIVERGED:
+        if status != Status.RUNNING:  # the last epoch, every pack out of patience, or every network diverged
             break
     return result
 
@@ -390,7 +420,7 @@ def _train_and_score(data: PreparedData, loop: TrainingLoop, networks: dict[str,
     net = loop.net
     epoch_losses, epoch_weights = loop.run_epoch()
     valid = evaluated[VALID].select(net.tasks)
-    valid_outputs = predict(net, valid)
+    valid_outputs = predict(net, valid, loop.kinds)
     valid_losses = pack_losses(net, loop.kinds, valid_outputs, valid.targets, valid.label_weights)
     # The epoch's one host sync: training losses, weights and validation losses in one copy.
     losses_cpu, weights_cpu, valid_cpu = torch.stack([epoch_losses, epoch_weights, valid_losses]).cpu()
@@ -417,8 +447,9 @@ def _train_and_score(data: PreparedData, loop: TrainingLoop, networks: dict[str,
             network.score, network.best_epoch, network.valid_nloss = network.epoch_score, epoch + 1, nloss
             improved.append(index)
     loop.weighting.end_epoch(epoch_losses)
+    loop.stale_epochs = 0 if improved else loop.stale_epochs + 1
     if improved:
         test = evaluated[TEST].select(net.tasks)
-        outputs = {VALID: valid_outputs, TEST: predict(net, test)}
+        outputs = {VALID: valid_outputs, TEST: predict(net, test, loop.kinds)}
         for index in improved:
             networks[loop.groups[index]].best_metrics = _evaluate(data, loop, index, outputs)

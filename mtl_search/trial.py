@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mtl_search.config import ExperimentSpec, TrainSpec
+from mtl_search.config import BACKBONES, ExperimentSpec, TrainSpec
 from mtl_search.domain import parse_head_sizes
 from mtl_search.schemes import config_params
 
@@ -29,6 +29,9 @@ class Architecture:
         width: units per trunk/branch layer.
         head_sizes: hidden layers of each task head before its output layer.
         dropout: dropout after each hidden layer (0 disables).
+        backbone: ``mlp`` (plain layers) or ``tabm`` (``members`` implicit members sharing every
+            weight matrix, BatchEnsemble-style, see :mod:`mtl_search.model`).
+        members: TabM's ensemble size ``k`` (1 for ``mlp``).
     """
 
     depth: int
@@ -36,6 +39,8 @@ class Architecture:
     width: int
     head_sizes: tuple[int, ...] = ()
     dropout: float = 0.0
+    backbone: str = "mlp"
+    members: int = 1
 
     def __post_init__(self) -> None:
         if self.depth < 1:
@@ -46,6 +51,11 @@ class Architecture:
             raise ValueError(f"width must be >= 1, but got {self.width=}.")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), but got {self.dropout=}.")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; valid: {', '.join(BACKBONES)}")
+        if self.members < 1 or (self.backbone == "mlp" and self.members != 1):
+            raise ValueError(f"members must be 1 for an mlp and >= 1 for tabm, but got {self.members=} "
+                             f"for {self.backbone=}.")
 
     def effective_sharing(self, num_tasks: int) -> int:
         """Layers actually shared: clipped to depth, and all of them for one task."""
@@ -66,6 +76,11 @@ class TrialParams:
     batch_size: int = 512
     weight_decay: float = 0.0
     dropout: float = 0.0
+    backbone: str = "mlp"
+    members: int = 8
+    lr_schedule: str = "constant"
+    grad_clip: float = 0.0
+    patience: int = 0
     weighting_params: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -87,12 +102,18 @@ class TrialParams:
             batch_size=int(config["batch_size"]),
             weight_decay=float(config["weight_decay"]),
             dropout=float(config["dropout"]),
+            backbone=str(config.get("backbone", "mlp")),
+            members=int(config.get("members", 8)),
+            lr_schedule=str(config.get("lr_schedule", "constant")),
+            grad_clip=float(config.get("grad_clip", 0.0)),
+            patience=int(config.get("patience", 0)),
             weighting_params={**config_params(weighting, config), **dict(config.get("weighting_params", {}))},
         )
 
     def architecture(self) -> Architecture:
         """The network shape these hyperparameters give."""
-        return Architecture(self.depth, self.sharing_depth, self.width, self.head_sizes, self.dropout)
+        return Architecture(self.depth, self.sharing_depth, self.width, self.head_sizes, self.dropout,
+                            self.backbone, self.members if self.backbone == "tabm" else 1)
 
 
 @dataclass(frozen=True)

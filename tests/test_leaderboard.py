@@ -77,13 +77,16 @@ def test_trial_statuses():
     assert failed["status"] == "error" and failed["reason"] == "ValueError: boom"
     silent = trial_row("t5", config, None, max_epochs=10)
     assert silent["status"] == "error" and "no result" in silent["reason"]
+    patience = trial_row("t6", config, result(5, 0.5, 0.6, {}, reason="stopped after epoch 5: ... (patience)"),
+                         max_epochs=10)
+    assert patience["status"] == "completed" and "patience" in patience["reason"] and patience["score"] == 0.5
 
 
 def test_a_pack_trial_gives_one_row_per_network():
     config = {"depth": 2, "sharing_depth": 1, "lr": 0.01}
-    networks = {"a": result(4, 0.4, 0.5, metrics_for({"a": (0.4, 0.5)}), sharing_depth=2),
+    networks = {"a": result(4, 0.4, 0.5, metrics_for({"a": (0.4, 0.5)}), sharing_depth=2, status="running"),
                 "a+b": result(4, math.nan, math.nan, {}, status="diverged", reason="nan!", sharing_depth=1),
-                "b": result(4, 0.6, 0.7, metrics_for({"b": (0.6, 0.7)}), sharing_depth=2)}
+                "b": result(4, 0.6, 0.7, metrics_for({"b": (0.6, 0.7)}), sharing_depth=2, status="running")}
     rows = trial_rows("p1", config, report(networks), groups=GROUPS, max_epochs=10)
     assert [row["group"] for row in rows] == GROUPS and {row["trial_id"] for row in rows} == {"p1"}
     by_group = {row["group"]: row for row in rows}

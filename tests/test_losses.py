@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtl_search.losses import batch_losses, masked_loss
+from mtl_search.losses import batch_losses, ensemble_mean, masked_loss
 from mtl_search.metrics import BINARY, MULTICLASS, REGRESSION, evaluate_task
 
 
@@ -66,3 +66,20 @@ def test_batch_losses_equal_masked_loss_per_task():
     # bf16 outputs still give float32 losses.
     assert batch_losses(kinds, [o.bfloat16() for o in outputs], torch.stack([y.float() for y in labels]),
                         torch.stack([m.float() for m in masks])).dtype == torch.float32
+
+
+@pytest.mark.parametrize("kind", ["regression", "binary", "multiclass"])
+def test_ensemble_mean_averages_the_members_predictions(kind: str):
+    members, rows, units = 4, 6, 3 if kind == "multiclass" else 1
+    output = torch.randn(2, units, members * rows) * 3  # two groups, member-major columns
+    got = ensemble_mean(kind, output, members)
+    assert got.shape == (2, units, rows)
+    each = output.view(2, units, members, rows)
+    if kind == "regression":
+        expected = each.mean(dim=2)
+        torch.testing.assert_close(got, expected)
+    elif kind == "binary":
+        torch.testing.assert_close(torch.sigmoid(got), torch.sigmoid(each).mean(dim=2))
+    else:
+        torch.testing.assert_close(torch.softmax(got, dim=1), torch.softmax(each, dim=1).mean(dim=2))
+    assert ensemble_mean(kind, output, 1) is output

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from mtl_search.model import MultiTaskNet
+from mtl_search.model import BatchEnsembleLinear, LinearEnsemble, MultiTaskNet
 from mtl_search.trial import Architecture
 
 OUTPUTS = {"reg": 1, "bin": 1, "cls": 4}
@@ -43,7 +43,38 @@ def test_one_task_shares_its_whole_trunk():
     assert net.sharing_depth == 3
 
 
-@pytest.mark.parametrize("bad", [dict(depth=0), dict(sharing_depth=-1), dict(width=0), dict(dropout=1.0)])
+@pytest.mark.parametrize(("depth", "sharing"), list(itertools.product([1, 2, 3], [0, 1, 2, 3, 4])))
+@pytest.mark.parametrize("head_sizes", [(), (16,)])
+def test_tabm_shapes_and_layers_for_every_depth_and_sharing(depth: int, sharing: int, head_sizes: tuple[int, ...]):
+    members = 3
+    net = MultiTaskNet(10, OUTPUTS, Architecture(depth, sharing, 32, head_sizes, backbone="tabm", members=members))
+    out = net(torch.randn(7, 10))
+    assert out["reg"].shape == (members, 7) and out["bin"].shape == (members, 7) and out["cls"].shape == (members, 7, 4)
+    shared = min(sharing, depth)
+    ensemble = lambda module: [m for m in module.modules() if isinstance(m, BatchEnsembleLinear)]  # noqa: E731
+    assert len(ensemble(net.trunk)) == shared and not any(isinstance(m, torch.nn.Linear) for m in net.modules())
+    # Exactly one layer per task path reads the input: no input scaling there, random-sign output scaling.
+    first = [m for m in net.modules() if isinstance(m, BatchEnsembleLinear) and m.r is None]
+    assert len(first) == (1 if shared else len(OUTPUTS))
+    assert all(set(m.s.detach().abs().flatten().tolist()) == {1.0} for m in first)
+    for task in OUTPUTS:
+        assert len(ensemble(net.branches[task])) == depth - shared
+        assert isinstance(net.heads[task][1], LinearEnsemble) and len(ensemble(net.heads[task])) == len(head_sizes)
+    assert len(net.shared_parameters()) == 4 * shared - (1 if shared else 0)  # W, b, s (+ r after the first)
+
+
+def test_tabm_members_predict_differently_and_train_on_their_own_rows():
+    torch.manual_seed(0)
+    net = MultiTaskNet(6, {"a": 1}, Architecture(depth=2, sharing_depth=1, width=16, backbone="tabm", members=4))
+    out = net(torch.randn(5, 6))["a"]
+    assert not torch.allclose(out[0], out[1])
+    out[0].sum().backward()  # member 0's loss reaches member 0's own parameters only
+    head = net.heads["a"][1]
+    assert head.weight.grad[0].abs().sum() > 0 and head.weight.grad[1:].abs().sum() == 0
+
+
+@pytest.mark.parametrize("bad", [dict(depth=0), dict(sharing_depth=-1), dict(width=0), dict(dropout=1.0),
+                                 dict(backbone="resnet"), dict(members=0, backbone="tabm"), dict(members=2)])
 def test_invalid_architecture_is_rejected(bad: dict):
     options = dict(depth=2, sharing_depth=1, width=8) | bad
     with pytest.raises(ValueError, match=next(iter(bad))):

@@ -54,17 +54,25 @@ class Alone:
         self.optimizer = torch.optim.AdamW([*self.net.parameters(), *self.scheme.parameters()], lr=trial.lr,
                                            weight_decay=trial.weight_decay, foreach=True)
         self.sums = torch.zeros(len(self.tasks))
+        self.grad_clip = trial.grad_clip
+        self.members = trial.architecture().members
 
     def step(self, index: torch.Tensor) -> None:
         out = self.net(self.split.x[index])
-        losses = batch_losses(self.kinds, [out[t] for t in self.tasks], self.split.targets[:, index],
-                              self.split.label_weights[:, index])
+        targets, weights = self.split.targets[:, index], self.split.label_weights[:, index]
+        if self.members == 1:
+            losses = batch_losses(self.kinds, [out[t] for t in self.tasks], targets, weights)
+        else:  # TabM: each member's losses on the batch, averaged over the members
+            losses = torch.stack([batch_losses(self.kinds, [out[t][member] for t in self.tasks], targets, weights)
+                                  for member in range(self.members)]).mean(dim=0)
         self.optimizer.zero_grad(set_to_none=True)
         if self.steered:
             rows = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(losses[k], self.shared, retain_graph=True)])
                     for k in range(len(self.tasks))]
             sizes = [p.numel() for p in self.shared]
-            last = slice(sum(sizes[:-2]), sum(sizes[:-1]))  # the last trunk weight matrix
+            names = [name for name, _ in self.net.trunk.named_parameters()]
+            at = max(i for i, name in enumerate(names) if name.endswith("weight"))
+            last = slice(sum(sizes[:at]), sum(sizes[:at + 1]))  # the last trunk weight matrix
             direction = self.scheme.shared_gradient(
                 losses.detach()[None], SharedGradients(torch.stack(rows)[None], torch.tensor([0]), last))[0]
             ids = {id(p) for p in self.shared}
@@ -74,6 +82,8 @@ class Alone:
                 parameter.grad = part.view_as(parameter).clone()
         else:
             self.scheme.combine(losses[None]).backward()
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip)
         self.optimizer.step()
         self.sums += losses.detach()
 
@@ -93,9 +103,10 @@ def assert_same_networks(loop: TrainingLoop, alone: list[Alone], skip: set[int] 
             torch.testing.assert_close(got, expected, rtol=0, atol=1e-5, msg=f"{GROUPS[index]} {name}")
 
 
+@pytest.mark.parametrize("backbone", ["mlp", "tabm"])
 @pytest.mark.parametrize("weighting", sorted(WEIGHTINGS))
-def test_a_pack_trains_each_group_exactly_as_alone(planted_data: PreparedData, weighting: str):
-    trial = params(weighting=weighting, weight_decay=0.01)
+def test_a_pack_trains_each_group_exactly_as_alone(planted_data: PreparedData, weighting: str, backbone: str):
+    trial = params(weighting=weighting, weight_decay=0.01, backbone=backbone, members=3)
     loop = TrainingLoop(planted_data, GROUPS, trial, seed=SEED)
     alone = [Alone(planted_data, group, trial) for group in GROUPS]
     assert_same_networks(loop, alone)  # the same initial weights
@@ -116,10 +127,17 @@ def test_a_pack_trains_each_group_exactly_as_alone(planted_data: PreparedData, w
     assert_same_networks(loop, alone)
 
 
+@pytest.mark.parametrize("backbone", ["mlp", "tabm"])
 @pytest.mark.parametrize("sharing", [0, 2])
-def test_no_sharing_and_full_sharing_also_train_as_alone(planted_data: PreparedData, sharing: int):
-    trial = params(sharing_depth=sharing, weighting="uncertainty", head_sizes=())
+def test_no_sharing_and_full_sharing_also_train_as_alone(planted_data: PreparedData, sharing: int, backbone: str):
+    trial = params(sharing_depth=sharing, weighting="uncertainty", head_sizes=(), backbone=backbone, members=2)
     train_both_and_compare(planted_data, trial)
+
+
+@pytest.mark.parametrize("weighting", ["equal", "pcgrad"])
+def test_gradient_clipping_clips_each_network_as_alone(planted_data: PreparedData, weighting: str):
+    # A small bound, so every network's update is clipped, each by its own gradient's norm.
+    train_both_and_compare(planted_data, params(weighting=weighting, grad_clip=0.05))
 
 
 def train_both_and_compare(data: PreparedData, trial: TrialParams) -> TrainingLoop:
@@ -134,9 +152,10 @@ def train_both_and_compare(data: PreparedData, trial: TrialParams) -> TrainingLo
     return loop
 
 
-def test_each_group_has_its_separate_networks_parameter_count(planted_data: PreparedData):
+@pytest.mark.parametrize("backbone", ["mlp", "tabm"])
+def test_each_group_has_its_separate_networks_parameter_count(planted_data: PreparedData, backbone: str):
     for sharing in (0, 1, 2):
-        trial = params(sharing_depth=sharing, head_sizes=(8, 4))
+        trial = params(sharing_depth=sharing, head_sizes=(8, 4), backbone=backbone, members=3)
         net = PackedNet(planted_data.num_features, [group_tasks(g) for g in GROUPS],
                         {t: info.outputs for t, info in planted_data.tasks.items()}, trial.architecture())
         for index, group in enumerate(GROUPS):
@@ -157,6 +176,30 @@ def test_a_pack_of_one_group_is_its_network(planted_data: PreparedData):
     out = net(x)
     torch.testing.assert_close(out[0][0, 0], expected["a0"])
     torch.testing.assert_close(out[1][0].t(), expected["b0"])
+
+
+@pytest.mark.parametrize(("depth", "sharing"), [(d, s) for d in (1, 2, 3) for s in range(d + 2)])
+def test_a_tabm_pack_gives_each_groups_member_outputs_for_every_depth_and_sharing(
+        planted_data: PreparedData, depth: int, sharing: int):
+    members, rows = 3, 20
+    architecture = Architecture(depth, sharing, 8, (4,), backbone="tabm", members=members)
+    groups, outputs = [("a0",), ("a0", "b0"), ("b0", "b1")], {"a0": 1, "b0": 3, "b1": 1}
+    net = PackedNet(planted_data.num_features, groups, outputs, architecture)
+    separate = []
+    for index in range(len(groups)):
+        torch.manual_seed(index)
+        separate.append(net.group_network(index))
+        net.load_group(index, separate[-1])
+    x = torch.as_tensor(planted_data.splits["valid"].x[:rows])
+    out = dict(zip(net.tasks, net(x), strict=True))
+    for index, group in enumerate(groups):
+        expected = separate[index](x)
+        for task in group:
+            row = net.task_groups(task).tolist().index(index)
+            got = out[task][row]  # (units, members * rows), member-major columns
+            assert got.shape == (outputs[task], members * rows)
+            got = got.view(outputs[task], members, rows).permute(1, 2, 0)  # (members, rows, units)
+            torch.testing.assert_close(got.squeeze(-1) if outputs[task] == 1 else got, expected[task])
 
 
 def one_hot_rows(rows: int = 96, seed: int = 0) -> torch.Tensor:
@@ -187,12 +230,13 @@ def test_dense_features_stay_dense():
     assert nonzero_lists(one_hot_rows()) is not None
 
 
-def test_a_pack_reading_sparse_rows_trains_each_group_as_alone(planted_data: PreparedData):
+@pytest.mark.parametrize("backbone", ["mlp", "tabm"])
+def test_a_pack_reading_sparse_rows_trains_each_group_as_alone(planted_data: PreparedData, backbone: str):
     x = one_hot_rows(planted_data.splits["train"].rows, seed=1).numpy()
     train = planted_data.splits["train"]
     data = replace(planted_data, feature_names=[f"f{i}" for i in range(x.shape[1])],
                    splits={**planted_data.splits, "train": replace(train, x=x)})
-    loop = train_both_and_compare(data, params(weighting="pcgrad"))
+    loop = train_both_and_compare(data, params(weighting="pcgrad", backbone=backbone, members=2))
     assert loop.train.nonzeros is not None  # the pack read (columns, values); the reference read dense rows
 
 

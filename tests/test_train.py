@@ -12,8 +12,9 @@ import torch
 from mtl_search.data import PreparedData
 from mtl_search.grouping import group_id
 from mtl_search.results import network_key
+from mtl_search.schedule import lr_factor
 from mtl_search.step import to_device
-from mtl_search.train import fit, predict, split_packs
+from mtl_search.train import TrainingLoop, fit, predict, split_packs
 from mtl_search.trial import TrialParams
 from mtl_search.weighting import WEIGHTINGS
 
@@ -95,9 +96,10 @@ def test_resuming_from_a_reported_state_continues_exactly(planted_data: Prepared
         states[metrics["epoch"]] = copy.deepcopy(state())
 
     groups = ["a0+a1", "b0+b1", "a0+b0+b1", "a1"]
-    fit(planted_data, groups, params(epochs=4, weighting=weighting), report=keep)
+    trial = params(epochs=4, weighting=weighting, lr_schedule="cosine", grad_clip=0.5)  # the schedule resumes too
+    fit(planted_data, groups, trial, report=keep)
     resumed = []
-    fit(planted_data, groups, params(epochs=4, weighting=weighting), initial_state=states[2],
+    fit(planted_data, groups, trial, initial_state=states[2],
         report=lambda metrics, state: resumed.append(metrics))
     assert [r["epoch"] for r in resumed] == [3, 4]
     assert resumed[-1]["score"] == pytest.approx(reports[-1]["score"], rel=1e-6)
@@ -116,18 +118,24 @@ def test_same_seed_same_result(planted_data: PreparedData):
     assert first.score != other.score
 
 
-def test_predict_is_chunked_and_side_effect_free(planted_data: PreparedData):
+@pytest.mark.parametrize("backbone", ["mlp", "tabm"])
+def test_predict_is_chunked_and_side_effect_free(planted_data: PreparedData, backbone: str,
+                                                 monkeypatch: pytest.MonkeyPatch):
+    from mtl_search import train
     from mtl_search.packed import PackedNet
     from mtl_search.trial import Architecture
 
-    net = PackedNet(planted_data.num_features, [("a0",), ("a0", "b0")], {"a0": 1, "b0": 3},
-                    Architecture(1, 1, 8, dropout=0.5))
+    architecture = Architecture(1, 1, 8, dropout=0.5, backbone=backbone, members=4 if backbone == "tabm" else 1)
+    net = PackedNet(planted_data.num_features, [("a0",), ("a0", "b0")], {"a0": 1, "b0": 3}, architecture)
     net.train()
     valid = to_device(planted_data.splits["valid"], list(planted_data.tasks), torch.device("cpu"))
-    rows = valid.x.shape[0]
-    out = predict(net, valid)
+    rows, kinds = valid.x.shape[0], ["regression", "multiclass"]
+    out = predict(net, valid, kinds)
     assert net.training and out[0].shape == (2, 1, rows) and out[1].shape == (1, 3, rows)
-    assert torch.equal(out[0], predict(net, valid)[0])  # evaluation mode: dropout off
+    assert torch.equal(out[0], predict(net, valid, kinds)[0])  # evaluation mode: dropout off
+    monkeypatch.setattr(train, "_EVAL_CHUNK", 7)  # chunks average their own members before joining
+    for whole, chunked in zip(out, predict(net, valid, kinds), strict=True):
+        torch.testing.assert_close(chunked, whole)
 
 
 def test_packs_split_in_order():
@@ -267,3 +275,30 @@ def test_a_state_saved_after_the_last_epoch_reports_the_final_metrics_again(plan
                  report=lambda metrics, state: again.append(metrics))
     assert len(again) == 1 and again[0]["epoch"] == 3 and again[0]["status"] == "completed"
     assert again[0]["score"] == reports[-1]["score"] and result.score == reports[-1]["score"]
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "linear"])
+def test_the_learning_rate_follows_the_schedule_step_by_step(planted_data: PreparedData, schedule: str):
+    trial = params(epochs=8, lr=1e-2, lr_schedule=schedule)
+    loop = TrainingLoop(planted_data, ["a0+a1", "b0"], trial)
+    seen = []
+    loop.optimizer.register_step_pre_hook(lambda optimizer, *_: seen.append(float(optimizer.param_groups[0]["lr"])))
+    for _ in range(trial.epochs):
+        loop.run_epoch()
+    total = trial.epochs * loop.steps
+    assert seen == pytest.approx([1e-2 * lr_factor(schedule, step, total) for step in range(total)])
+    if schedule != "constant":
+        assert seen[0] < seen[loop.steps] and seen[-1] < 0.1 * max(seen)  # warms up, then decays towards 0
+
+
+def test_a_pack_out_of_patience_stops_and_keeps_its_best_epochs(planted_data: PreparedData):
+    # lr 0: the first epoch sets each network's best score and no later epoch can beat it.
+    reports = []
+    result = fit(planted_data, ["a0+a1", "b0", "b1"], params(epochs=6, lr=0.0, patience=2),
+                 report=lambda metrics, state: reports.append(metrics))
+    assert [r["epoch"] for r in reports] == [1, 2, 3] and result.epochs_run == 3
+    assert reports[-1]["status"] == "completed"
+    for metrics in reports[-1]["networks"].values():
+        assert metrics["status"] == "completed" and metrics["best_epoch"] == 1 and "patience" in metrics["reason"]
+    improving = fit(planted_data, ["a0+a1"], params(epochs=3, patience=2))
+    assert improving.epochs_run == 3  # a network still improving is not stopped
