@@ -66,6 +66,7 @@ def measure_affinity(
         raise ValueError(f"every must be >= 1, but got {every=}.")
     device = torch.device(device)
     torch.manual_seed(seed)
+    data = data.encoded(params.numeric_encoding)
     info = {t: data.tasks[t] for t in tasks}
     architecture = Architecture(params.depth, params.depth, params.width, params.head_sizes, params.dropout)
     model = MultiTaskNet(data.num_features, {t: i.outputs for t, i in info.items()}, architecture).to(device)

@@ -64,6 +64,14 @@ def _check_weighting(value: Any) -> str | None:
 
 #: The network families a trial can train (``space.backbone``; :mod:`mtl_search.model`).
 BACKBONES = ("mlp", "tabm")
+#: How numeric features reach the networks (``space.numeric_encoding``; :func:`mtl_search.encoding.encode_features`).
+NUMERIC_ENCODINGS = ("standard", "quantile", "piecewise_linear", "periodic")
+
+
+def _check_encoding(value: Any) -> str | None:
+    if not isinstance(value, str) or value not in NUMERIC_ENCODINGS:
+        return f"unknown numeric_encoding; valid: {', '.join(NUMERIC_ENCODINGS)}"
+    return None
 
 
 def _check_backbone(value: Any) -> str | None:
@@ -154,8 +162,17 @@ class DataSpec(_Strict):
     drop: list[str] = Field(default_factory=list)
     tasks: dict[str, TaskSpec] | None = None
     split: SplitSpec = Field(default_factory=SplitSpec)
-    #: How numeric features reach the network (see :func:`mtl_search.encoding.encode_features`).
-    numeric_encoding: Literal["standard", "quantile", "piecewise_linear"] = "standard"
+    #: The most one-hot columns a categorical feature becomes (its most frequent categories; the rest share one).
+    max_categories: int = Field(256, ge=2)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _encoding_moved(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "numeric_encoding" in values:
+            raise ValueError(f"data.numeric_encoding is now space.numeric_encoding, a hyperparameter the search can "
+                             f"choose: write space: {{numeric_encoding: {values['numeric_encoding']}}} (or a "
+                             "{choice: [...]}) and remove it from data")
+        return values
 
     @field_validator("features", mode="before")
     @classmethod
@@ -241,6 +258,8 @@ class SpaceSpec(_Strict):
         "float", (1e-4, 1e-2), log=True)
     weight_decay: _domain_type(Interval("real", 0.0, 1.0).check) = Domain.const(0.0)  # type: ignore[valid-type]
     dropout: _domain_type(Interval("real", 0.0, 0.9).check) = Domain.const(0.0)  # type: ignore[valid-type]
+    #: standard | quantile | piecewise_linear | periodic; every encoding the space may choose is prepared once.
+    numeric_encoding: _domain_type(_check_encoding) = Domain.const("standard")  # type: ignore[valid-type]
     #: ``mlp``, or ``tabm``: ``members`` implicit members sharing every weight matrix (:mod:`mtl_search.model`).
     backbone: _domain_type(_check_backbone) = Domain.const("mlp")  # type: ignore[valid-type]
     #: TabM's ensemble size ``k`` (ignored by ``mlp``).

@@ -49,10 +49,33 @@ class PreparedData:
     notes: list[str] = field(default_factory=list)
     #: Row positions of each split in the table as read (for models that need the raw columns).
     rows: dict[str, np.ndarray] = field(default_factory=dict)
+    #: The numeric encoding of :attr:`splits`' features (``space.numeric_encoding``).
+    encoding: str = "standard"
+    #: Every other encoding the search may choose: name -> (feature names, split -> features).
+    alternatives: dict[str, tuple[list[str], dict[str, np.ndarray]]] = field(default_factory=dict)
 
     @property
     def num_features(self) -> int:
         return len(self.feature_names)
+
+    def encoded(self, encoding: str | None) -> PreparedData:
+        """The same data with its features in ``encoding`` (labels, masks and splits shared, not copied);
+        None: as it is.
+
+        Raises:
+            ValueError: ``encoding`` was not prepared (the message lists those that were).
+        """
+        if encoding is None or encoding == self.encoding:
+            return self
+        if encoding not in self.alternatives:
+            raise ValueError(f"numeric encoding {encoding!r} was not prepared; prepared: "
+                             f"{', '.join([self.encoding, *self.alternatives])} (space.numeric_encoding lists "
+                             "what a search may choose)")
+        names, features = self.alternatives[encoding]
+        others = {name: alternative for name, alternative in self.alternatives.items() if name != encoding}
+        others[self.encoding] = (self.feature_names, {split: arrays.x for split, arrays in self.splits.items()})
+        return replace(self, feature_names=names, encoding=encoding, alternatives=others,
+                       splits={split: replace(arrays, x=features[split]) for split, arrays in self.splits.items()})
 
     def summary(self) -> str:
         """A few human-readable lines about the prepared data."""
@@ -110,13 +133,18 @@ def prepare(spec: ExperimentSpec) -> PreparedData:
                     f"task {name} (column {column} in {origin}) has no labelled rows in the {split} split; "
                     "it needs labels in every split: check the column or use more rows"
                 )
-    x, feature_names = encode_features(frame[features], index, origin, spec.data.numeric_encoding)
+    encodings = [str(name) for name in spec.space.numeric_encoding.candidates()]
+    encoded_features = {name: encode_features(frame[features], index, origin, name,
+                                              max_categories=spec.data.max_categories) for name in encodings}
+    x, feature_names = encoded_features[encodings[0]]
     splits = {
         split: SplitArrays(x=x[split], y=labels[split], mask=masks[split], trivial_loss=trivial[split])
         for split in SPLITS
     }
     return PreparedData(tasks=encoded_tasks, feature_names=feature_names, input_columns=features,
-                        splits=splits, source=origin, notes=notes, rows=index)
+                        splits=splits, source=origin, notes=notes, rows=index, encoding=encodings[0],
+                        alternatives={name: (names, arrays) for name, (arrays, names) in encoded_features.items()
+                                      if name != encodings[0]})
 
 
 def _split_rows(

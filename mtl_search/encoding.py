@@ -3,9 +3,10 @@
 Targets: a regression target is standardised with the training mean and
 standard deviation; a classification target's classes are those seen in
 training (other values count as unlabelled). Features: numbers are imputed
-(median, plus a missing-value indicator) and standardised (or quantile- or
-piecewise-linear-encoded: ``data.numeric_encoding``), other columns one-hot
-encoded (categories rarer than 10 training rows pooled).
+(median, plus a missing-value indicator) and standardised (or quantile-,
+piecewise-linear- or periodic-encoded: ``space.numeric_encoding``), other
+columns one-hot encoded (categories rarer than 10 training rows pooled, at most
+``data.max_categories`` per column).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ MISSING_CATEGORY = "__missing__"
 
 #: Bins per numeric column of the ``piecewise_linear`` encoding (at most: tied quantiles merge).
 PIECEWISE_BINS = 8
+#: Frequencies per numeric column of the ``periodic`` encoding, and the spread they are drawn with.
+PERIODIC_FREQUENCIES = 8
+PERIODIC_SIGMA = 1.0
 
 
 class PiecewiseLinear(TransformerMixin, BaseEstimator):
@@ -65,6 +69,43 @@ class PiecewiseLinear(TransformerMixin, BaseEstimator):
         names = input_features if input_features is not None else [f"x{i}" for i in range(self.n_features_in_)]
         return np.array([f"{name}_bin{t}" for name, edges in zip(names, self.edges_, strict=True)
                          for t in range(max(1, len(edges) - 1))], dtype=object)
+
+
+class Periodic(TransformerMixin, BaseEstimator):
+    """Periodic encoding of numbers: the standardised value ``z`` and ``sin(2 pi c z)``, ``cos(2 pi c z)`` for
+    ``frequencies`` frequencies ``c`` per column drawn once from ``N(0, sigma^2)``.
+
+    The periodic embeddings of Gorishniy, Rubachev and Babenko (NeurIPS 2022) put these features before a
+    linear layer and a ReLU ("PLR"), with the frequencies trained. Here the frequencies stay as drawn
+    (random Fourier features, Rahimi and Recht 2007), so the encoding is a preprocessing step fitted on the
+    training rows, and the first hidden layer of every network is the "LR" that reads it.
+    """
+
+    def __init__(self, frequencies: int = PERIODIC_FREQUENCIES, sigma: float = PERIODIC_SIGMA,
+                 random_state: int = 0) -> None:
+        self.frequencies = frequencies
+        self.sigma = sigma
+        self.random_state = random_state
+
+    def fit(self, x: Any, y: Any = None) -> Periodic:
+        x = np.asarray(x, dtype=np.float64)
+        self.n_features_in_ = x.shape[1]
+        self.mean_ = x.mean(axis=0)
+        std = x.std(axis=0)
+        self.scale_ = np.where(std > 0, std, 1.0)
+        rng = np.random.default_rng(self.random_state)
+        self.frequencies_ = rng.normal(0.0, self.sigma, size=(x.shape[1], self.frequencies))
+        return self
+
+    def transform(self, x: Any) -> np.ndarray:
+        z = (np.asarray(x, dtype=np.float64) - self.mean_) / self.scale_
+        angles = 2 * np.pi * z[:, :, None] * self.frequencies_  # (rows, columns, frequencies)
+        return np.concatenate([z[:, :, None], np.sin(angles), np.cos(angles)], axis=2).reshape(len(z), -1)
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        names = input_features if input_features is not None else [f"x{i}" for i in range(self.n_features_in_)]
+        parts = ["z", *(f"sin{f}" for f in range(self.frequencies)), *(f"cos{f}" for f in range(self.frequencies))]
+        return np.array([f"{name}_{part}" for name in names for part in parts], dtype=object)
 
 
 @dataclass(frozen=True)
@@ -219,18 +260,25 @@ def _refuse_garbled_numbers(values: pd.Series, origin: str) -> None:
 
 
 def encode_features(
-    frame: pd.DataFrame, index: dict[str, np.ndarray], origin: str, numeric_encoding: str = "standard"
+    frame: pd.DataFrame, index: dict[str, np.ndarray], origin: str, numeric_encoding: str = "standard", *,
+    max_categories: int | None = None,
 ) -> tuple[dict[str, np.ndarray], list[str]]:
     """Encode numeric columns and one-hot encode the rest, every transform fitted on the training rows only.
 
-    Numeric columns are median-imputed (with a missing-indicator column), then
+    Numeric columns are median-imputed (with a missing-value indicator column), then
 
     * ``standard``: standardised (mean 0, variance 1);
     * ``quantile``: mapped through their training quantiles to a standard normal (scikit-learn's
       ``QuantileTransformer``), which makes skewed, heavy-tailed or spiky columns (incomes, counts)
       well spread and bounded, the input treatment RealMLP and the TabM paper's baselines use;
     * ``piecewise_linear``: one component per training-quantile bin (:class:`PiecewiseLinear`), so the
-      first layer can respond to each range of a number separately.
+      first layer can respond to each range of a number separately;
+    * ``periodic``: the standardised value and its sines and cosines at a few random frequencies
+      (:class:`Periodic`).
+
+    Other columns are one-hot encoded; categories rarer than 10 training rows share one column, and a
+    column keeps at most ``max_categories`` columns (its most frequent categories; the rest share one).
+    The networks read one-hot columns as embedding lookups (:mod:`mtl_search.packed`).
     """
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
@@ -259,6 +307,7 @@ def encode_features(
             "quantile": partial(QuantileTransformer, n_quantiles=max(2, min(1000, train_rows)),
                                 output_distribution="normal", random_state=0),
             "piecewise_linear": PiecewiseLinear,
+            "periodic": Periodic,
         }
         if numeric_encoding not in scaler:
             raise ValueError(f"unknown numeric_encoding {numeric_encoding!r}; valid: {', '.join(scaler)}")
@@ -267,7 +316,8 @@ def encode_features(
                                                   scaler[numeric_encoding]()), numeric))
     if categorical:
         transformers.append(("cat", OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=10,
-                                                  sparse_output=False, dtype=np.float32), categorical))
+                                                  max_categories=max_categories, sparse_output=False,
+                                                  dtype=np.float32), categorical))
     encoder = ColumnTransformer(transformers, sparse_threshold=0.0, verbose_feature_names_out=False)
     encoder.fit(table.iloc[index["train"]])
     names = [str(n) for n in encoder.get_feature_names_out()]

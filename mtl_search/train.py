@@ -145,7 +145,7 @@ class TrainingLoop:
     time :meth:`run_epoch` to measure exactly the loop a trial runs.
 
     Args:
-        data: prepared arrays (all splits).
+        data: prepared arrays (all splits), with the numeric encoding ``params`` chooses among its encodings.
         groups: the pack's group ids.
         params: hyperparameters (one configuration for every group).
         device: where the data and the networks live.
@@ -164,6 +164,7 @@ class TrainingLoop:
         self.options = options = options or TrainSpec()
         self.device = device = torch.device(device)
         self.params = params
+        data = data.encoded(params.numeric_encoding)
         self.groups = list(groups)
         members = [group_tasks(group) for group in self.groups]
         unknown = sorted({task for tasks in members for task in tasks} - set(data.tasks))
@@ -353,6 +354,7 @@ def fit(
         return FitResult(final["status"], initial_state["epoch"], final["score"], networks, final)
 
     device = torch.device(device)
+    data = data.encoded(params.numeric_encoding)
     saved = initial_state["packs"] if initial_state is not None else None
     train = to_device(data.splits["train"], list(data.tasks), device)
     loops = [TrainingLoop(data, chunk, params, device=device, seed=seed, distributed=distributed, options=options,

@@ -76,6 +76,8 @@ class TrialParams:
     batch_size: int = 512
     weight_decay: float = 0.0
     dropout: float = 0.0
+    #: The features' numeric encoding; None: the prepared data's own (:attr:`mtl_search.data.PreparedData.encoding`).
+    numeric_encoding: str | None = None
     backbone: str = "mlp"
     members: int = 8
     lr_schedule: str = "constant"
@@ -102,6 +104,7 @@ class TrialParams:
             batch_size=int(config["batch_size"]),
             weight_decay=float(config["weight_decay"]),
             dropout=float(config["dropout"]),
+            numeric_encoding=None if config.get("numeric_encoding") is None else str(config["numeric_encoding"]),
             backbone=str(config.get("backbone", "mlp")),
             members=int(config.get("members", 8)),
             lr_schedule=str(config.get("lr_schedule", "constant")),

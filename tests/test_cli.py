@@ -143,3 +143,21 @@ def test_run_in_a_fresh_process_writes_the_documented_results(write_spec, tmp_pa
                               capture_output=True, text=True, timeout=300)
     assert reported.returncode == 0, reported.stderr
     assert (out / "report.html").is_file() and "report.html" in reported.stdout
+
+
+@pytest.mark.parametrize(("backbone", "encoding"), [("mlp", "standard"), ("mlp", "quantile"),
+                                                    ("tabm", "piecewise_linear"), ("tabm", "periodic")])
+def test_a_tiny_search_runs_with_every_backbone_and_encoding(ray_local, write_spec, tmp_path: Path, backbone: str,
+                                                             encoding: str):
+    spec = planted_spec_dict(tmp_path, **{
+        "data.params": {"rows": 400, "features": 8, "clusters": 1, "tasks_per_cluster": 3},
+        "space.backbone": backbone, "space.members": 3, "space.numeric_encoding": encoding,
+        "space.lr_schedule": "cosine", "space.grad_clip": 1.0, "search.num_samples": 1})
+    assert main(["run", str(write_spec(spec))]) == 0
+    out = tmp_path / "results" / "planted"
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 7 and set(trials["status"]) == {"completed"}  # one pack trial: all 7 groups of 3 tasks
+    assert set(trials["backbone"]) == {backbone} and set(trials["numeric_encoding"]) == {encoding}
+    assert trials["score"].notna().all() and trials["test_score"].notna().all()
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert len(board[~board["baseline"]]) == 5 and board["score"].notna().all()

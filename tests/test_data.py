@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mtl_search.config import NUMERIC_ENCODINGS
 from mtl_search.data import SPLITS, prepare, raw_features
-from mtl_search.errors import DataError
+from mtl_search.errors import DataError, SpecError
 from mtl_search.spec_file import spec_from_dict
 
 TASKS = {"price": {"column": "price", "type": "regression"},
@@ -30,8 +31,9 @@ def make_table(rows: int = 200, seed: int = 0) -> pd.DataFrame:
     return frame
 
 
-def spec_for(path: Path, **data) -> object:
-    return spec_from_dict({"name": "t", "data": {"source": str(path), "tasks": TASKS, **data}})
+def spec_for(path: Path, encoding: object = None, **data) -> object:
+    space = {} if encoding is None else {"numeric_encoding": encoding}
+    return spec_from_dict({"name": "t", "data": {"source": str(path), "tasks": TASKS, **data}, "space": space})
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".csv.gz", ".parquet"])
@@ -180,16 +182,16 @@ def test_raw_census_text_columns_become_categories_from_training():
     assert features["valid"]["education"].cat.categories.equals(features["train"]["education"].cat.categories)
 
 
-@pytest.mark.parametrize("encoding", ["standard", "quantile", "piecewise_linear"])
+@pytest.mark.parametrize("encoding", NUMERIC_ENCODINGS)
 def test_every_numeric_encoding_is_fitted_on_training_rows_only(tmp_path: Path, encoding: str):
     frame = make_table(rows=600)
     path = tmp_path / "t.csv"
     frame.to_csv(path, index=False)
-    before = prepare(spec_for(path, numeric_encoding=encoding))
+    before = prepare(spec_for(path, encoding=encoding))
     held_out = np.setdiff1d(np.arange(len(frame)), before.rows["train"])
     frame.loc[held_out, ["size", "age"]] *= 1000.0  # only validation and test rows change
     frame.to_csv(path, index=False)
-    after = prepare(spec_for(path, numeric_encoding=encoding))
+    after = prepare(spec_for(path, encoding=encoding))
     np.testing.assert_array_equal(after.splits["train"].x, before.splits["train"].x)
     assert not np.array_equal(after.splits["valid"].x, before.splits["valid"].x)
 
@@ -199,7 +201,7 @@ def test_quantile_encoding_spreads_a_skewed_column_like_a_normal(tmp_path: Path)
     frame["size"] = np.random.default_rng(1).lognormal(0.0, 2.0, len(frame))  # heavy right tail
     path = tmp_path / "t.csv"
     frame.to_csv(path, index=False)
-    column = prepare(spec_for(path, numeric_encoding="quantile")).splits["train"].x[:, 0]
+    column = prepare(spec_for(path, encoding="quantile")).splits["train"].x[:, 0]
     assert abs(float(np.median(column))) < 0.05 and 0.9 < float(np.std(column)) < 1.1
     standard = prepare(spec_for(path)).splits["train"].x[:, 0]
     assert float(np.max(standard)) > 3 * float(np.max(column))  # the tail no longer dominates
@@ -208,8 +210,52 @@ def test_quantile_encoding_spreads_a_skewed_column_like_a_normal(tmp_path: Path)
 def test_an_unknown_numeric_encoding_names_the_allowed_ones(tmp_path: Path):
     path = tmp_path / "t.csv"
     make_table().to_csv(path, index=False)
-    with pytest.raises(Exception, match="numeric_encoding.*'standard'.*'quantile'.*'piecewise_linear'"):
-        spec_for(path, numeric_encoding="robust")
+    with pytest.raises(SpecError, match=r"space\.numeric_encoding.*valid: standard, quantile, piecewise_linear, "
+                                        "periodic"):
+        spec_for(path, encoding="robust")
+    with pytest.raises(SpecError, match=r"data\.numeric_encoding is now space\.numeric_encoding"):
+        spec_for(path, numeric_encoding="quantile")
+
+
+def test_a_searched_encoding_prepares_each_choice_once_and_shares_the_labels(tmp_path: Path):
+    path = tmp_path / "t.csv"
+    make_table(rows=300).to_csv(path, index=False)
+    data = prepare(spec_for(path, encoding={"choice": ["standard", "periodic"]}))
+    assert data.encoding == "standard" and list(data.alternatives) == ["periodic"]
+    periodic = data.encoded("periodic")
+    alone = prepare(spec_for(path, encoding="periodic"))
+    assert periodic.feature_names == alone.feature_names and periodic.num_features > data.num_features
+    for split in SPLITS:
+        np.testing.assert_array_equal(periodic.splits[split].x, alone.splits[split].x)
+        assert periodic.splits[split].y is data.splits[split].y  # labels are shared, not copied
+    np.testing.assert_array_equal(periodic.encoded("standard").splits["train"].x, data.splits["train"].x)
+    with pytest.raises(ValueError, match="'quantile' was not prepared; prepared: standard, periodic"):
+        data.encoded("quantile")
+
+
+def test_max_categories_caps_a_categorical_columns_one_hot_block(tmp_path: Path):
+    frame = make_table(rows=600)
+    frame["region"] = [f"r{i % 40}" for i in range(len(frame))]  # 40 categories of ~10 training rows
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    wide = prepare(spec_for(path)).feature_names
+    capped = prepare(spec_for(path, max_categories=5)).feature_names
+    assert sum(name.startswith("region_") for name in capped) == 5
+    assert sum(name.startswith("region_") for name in wide) > 5
+
+
+def test_periodic_encoding_is_the_value_and_its_sines_and_cosines():
+    from mtl_search.encoding import Periodic
+
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(50, 2))
+    encoder = Periodic(frequencies=3, sigma=0.5).fit(x)
+    out = encoder.transform(x).reshape(50, 2, 7)
+    z = (x - x.mean(axis=0)) / x.std(axis=0)
+    np.testing.assert_allclose(out[:, :, 0], z)
+    angles = 2 * np.pi * z[:, :, None] * encoder.frequencies_
+    np.testing.assert_allclose(out[:, :, 1:4], np.sin(angles))
+    np.testing.assert_allclose(out[:, :, 4:], np.cos(angles))
+    assert len(encoder.get_feature_names_out(["a", "b"])) == 14
 
 
 def test_piecewise_linear_encoding_follows_the_published_formula():
