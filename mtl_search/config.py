@@ -259,7 +259,7 @@ class SpaceSpec(_Strict):
     weight_decay: _domain_type(Interval("real", 0.0, 1.0).check) = Domain.const(0.0)  # type: ignore[valid-type]
     dropout: _domain_type(Interval("real", 0.0, 0.9).check) = Domain.const(0.0)  # type: ignore[valid-type]
     #: standard | quantile | piecewise_linear | periodic; every encoding the space may choose is prepared once.
-    numeric_encoding: _domain_type(_check_encoding) = Domain.const("standard")  # type: ignore[valid-type]
+    numeric_encoding: _domain_type(_check_encoding) = Domain.const("periodic")  # type: ignore[valid-type]
     #: ``mlp``, or ``tabm``: ``members`` implicit members sharing every weight matrix (:mod:`mtl_search.model`).
     backbone: _domain_type(_check_backbone) = Domain.const("mlp")  # type: ignore[valid-type]
     #: TabM's ensemble size ``k`` (ignored by ``mlp``).

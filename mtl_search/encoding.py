@@ -265,7 +265,8 @@ def encode_features(
 ) -> tuple[dict[str, np.ndarray], list[str]]:
     """Encode numeric columns and one-hot encode the rest, every transform fitted on the training rows only.
 
-    Numeric columns are median-imputed (with a missing-value indicator column), then
+    Numeric columns are median-imputed, then (a column with missing training values also gets a 0/1
+    missing-value indicator column, not encoded)
 
     * ``standard``: standardised (mean 0, variance 1);
     * ``quantile``: mapped through their training quantiles to a standard normal (scikit-learn's
@@ -281,7 +282,7 @@ def encode_features(
     The networks read one-hot columns as embedding lookups (:mod:`mtl_search.packed`).
     """
     from sklearn.compose import ColumnTransformer
-    from sklearn.impute import SimpleImputer
+    from sklearn.impute import MissingIndicator, SimpleImputer
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import OneHotEncoder, QuantileTransformer, StandardScaler
 
@@ -311,9 +312,10 @@ def encode_features(
         }
         if numeric_encoding not in scaler:
             raise ValueError(f"unknown numeric_encoding {numeric_encoding!r}; valid: {', '.join(scaler)}")
-        transformers.append(("num", make_pipeline(SimpleImputer(strategy="median", add_indicator=True,
-                                                                keep_empty_features=True),
+        transformers.append(("num", make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True),
                                                   scaler[numeric_encoding]()), numeric))
+        # 0/1 per column with missing training values, beside the encoding rather than through it.
+        transformers.append(("missing", MissingIndicator(error_on_new=False), numeric))
     if categorical:
         transformers.append(("cat", OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=10,
                                                   max_categories=max_categories, sparse_output=False,

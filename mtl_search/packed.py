@@ -24,6 +24,13 @@ bias ``(K, out)``, each slice laid out like ``nn.Linear``). With
 Paths are ordered task-major (all paths of the first task, groups in pack order, then the next
 task), so the paths of one task are contiguous and the output layer is one batched product per task.
 
+With TabM's ``k`` members (``backbone: tabm``) a unit's bias is per member, ``(K, k, out)``; each
+hidden layer also has per-member scalings :attr:`PackedNet.scale_in` (``r``, none for the first
+layer) and :attr:`PackedNet.scale_out` (``s``), ``(K, k, size)``; an output unit is ``k`` layers,
+weight ``(K, k, out, in)``. Every slice is laid out like the matching module of a
+:class:`mtl_search.model.MultiTaskNet` (:class:`mtl_search.model.BatchEnsembleLinear`,
+:class:`mtl_search.model.LinearEnsemble`).
+
 Computation
 -----------
 Activations are kept feature-major, ``(K, width, B)``, so every unit's activation is a contiguous
@@ -32,7 +39,9 @@ Activations are kept feature-major, ``(K, width, B)``, so every unit's activatio
 values)``, one ``embedding_bag`` over the ``(D, K*width)`` table (one-hot features make a dense
 product mostly multiplications by zero); every later layer is one ``baddbmm`` over contiguous
 operands (forward and both backward products need no transposing copies); the fan-out from group
-units to path units is one ``index_select``; ReLU runs in place.
+units to path units is one ``index_select``; ReLU runs in place. A TabM pack computes the first
+layer's product once and then each member's scaling and bias (one broadcast ``addcmul``); later
+layers run on ``k*B`` columns, member ``i`` in columns ``i*B`` to ``(i+1)*B``.
 
 Measured on one CPU thread (``benchmarks/packing.py``, docs/benchmarks.md), an epoch of the 31
 groups of the default spec is 1.08-2.20x faster packed than one network at a time over the 19

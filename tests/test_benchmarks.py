@@ -1,4 +1,5 @@
-"""The packing benchmark runs, on the CPU, every code path its GPU runs take (small sizes)."""
+"""The benchmarks run (small sizes): packing on the CPU takes every code path its GPU runs take; the
+backbones comparison scores every variant."""
 
 from __future__ import annotations
 
@@ -30,3 +31,16 @@ def test_packing_throughput_mode_runs_on_the_cpu_and_refuses_a_missing_gpu():
     if not torch.cuda.is_available():
         refused = run("--device", "cuda", "--throughput")
         assert refused.returncode != 0 and "no CUDA device is visible" in refused.stderr
+
+
+def test_backbones_benchmark_scores_every_variant_under_one_configuration():
+    script = SCRIPT.parent / "backbones.py"
+    done = subprocess.run([sys.executable, str(script), "--one-config", "--datasets", "nhefs", "--members", "2",
+                           "--point", '{"epochs": 2, "depth": 1, "width": 16}'],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("nhefs | ")]
+    assert [row.split(" | ")[1] for row in rows] == ["mlp", "periodic", "tabm"]
+    for row in rows:
+        valid, test, singles = (float(value) for value in row.split(" | ")[-3:])
+        assert 0 < valid < 2 and 0 < test < 2 and 0 < singles < 2

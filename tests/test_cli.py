@@ -152,7 +152,8 @@ def test_a_tiny_search_runs_with_every_backbone_and_encoding(ray_local, write_sp
     spec = planted_spec_dict(tmp_path, **{
         "data.params": {"rows": 400, "features": 8, "clusters": 1, "tasks_per_cluster": 3},
         "space.backbone": backbone, "space.members": 3, "space.numeric_encoding": encoding,
-        "space.lr_schedule": "cosine", "space.grad_clip": 1.0, "search.num_samples": 1})
+        "space.lr_schedule": "cosine", "space.grad_clip": 1.0, "search.num_samples": 1,
+        "confirm": {"top_k": 1, "seeds": 1} if backbone == "tabm" else None})
     assert main(["run", str(write_spec(spec))]) == 0
     out = tmp_path / "results" / "planted"
     trials = pd.read_csv(out / "trials.csv")
@@ -161,3 +162,6 @@ def test_a_tiny_search_runs_with_every_backbone_and_encoding(ray_local, write_sp
     assert trials["score"].notna().all() and trials["test_score"].notna().all()
     board = pd.read_csv(out / "leaderboard.csv")
     assert len(board[~board["baseline"]]) == 5 and board["score"].notna().all()
+    if backbone == "tabm":  # confirm retrains the rank-1 grouping's networks with the trial's backbone and encoding
+        confirm = pd.read_csv(out / "confirm.csv")
+        assert set(confirm["grouping"]) == {board.loc[0, "grouping"]} and confirm["nloss_mean"].notna().all()

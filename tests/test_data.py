@@ -62,7 +62,7 @@ def test_preprocessing_and_target_scaling_are_fitted_on_train_only(tmp_path: Pat
     path = tmp_path / "t.csv"
     frame = make_table(rows=1000)
     frame.to_csv(path, index=False)
-    data = prepare(spec_for(path))
+    data = prepare(spec_for(path, encoding="standard"))
     train = data.splits["train"]
     size = data.feature_names.index("size")
     assert train.x[:, size].mean() == pytest.approx(0.0, abs=1e-5)
@@ -105,9 +105,11 @@ def test_feature_missing_values_are_imputed(tmp_path: Path):
     frame.loc[::3, "size"] = np.nan
     frame.loc[::7, "region"] = None
     frame.to_csv(path, index=False)
-    data = prepare(spec_for(path))
-    assert all(np.isfinite(data.splits[s].x).all() for s in SPLITS)
-    assert "missingindicator_size" in data.feature_names
+    for encoding in NUMERIC_ENCODINGS:
+        data = prepare(spec_for(path, encoding=encoding))
+        assert all(np.isfinite(data.splits[s].x).all() for s in SPLITS)
+        indicator = data.splits["train"].x[:, data.feature_names.index("missingindicator_size")]
+        assert set(np.unique(indicator)) == {0.0, 1.0}  # beside the encoding, not through it
 
 
 def test_missing_column_names_the_column_the_file_and_close_matches(tmp_path: Path):

@@ -17,13 +17,15 @@ from dataclasses import replace
 import pytest
 import torch
 
-from mtl_search.data import PreparedData
+from mtl_search.config import NUMERIC_ENCODINGS
+from mtl_search.data import PreparedData, prepare
 from mtl_search.grouping import group_tasks
 from mtl_search.losses import batch_losses
 from mtl_search.model import MultiTaskNet
 from mtl_search.packed import PackedNet
+from mtl_search.spec_file import spec_from_dict
 from mtl_search.step import nonzero_lists, to_device
-from mtl_search.train import Network, TrainingLoop, _train_and_score
+from mtl_search.train import Network, TrainingLoop, _train_and_score, predict
 from mtl_search.trial import Architecture, TrialParams
 from mtl_search.weighting import WEIGHTINGS, SharedGradients, make_weighting
 
@@ -271,3 +273,28 @@ def test_a_diverging_group_does_not_disturb_the_others(planted_data: PreparedDat
     assert networks["a0+b0"].status == "diverged" and "non-finite" in networks["a0+b0"].reason
     assert not broken.live[1] and broken.live[[0, 2, 3]].all()
     assert all(math.isfinite(networks[g].score) for g in ("a1", "a0+a1+b0+b1", "a1+b1"))
+
+
+@pytest.fixture(scope="module")
+def every_encoding() -> PreparedData:
+    """Planted data prepared with every numeric encoding (a searched ``space.numeric_encoding``)."""
+    return prepare(spec_from_dict({"name": "t", "data": {"source": "builtin:planted",
+                                                         "params": {"rows": 300, "features": 12}},
+                                   "space": {"numeric_encoding": {"choice": list(NUMERIC_ENCODINGS)}}}))
+
+
+@pytest.mark.parametrize("encoding", NUMERIC_ENCODINGS)
+@pytest.mark.parametrize("backbone", ["mlp", "tabm"])
+def test_every_encoding_and_backbone_gives_each_groups_outputs_for_every_depth_and_sharing(
+        every_encoding: PreparedData, encoding: str, backbone: str):
+    data = every_encoding.encoded(encoding)
+    rows = data.splits["valid"].rows
+    for depth, sharing in [(d, s) for d in (1, 2, 3) for s in range(d + 1)]:
+        trial = params(depth=depth, sharing_depth=sharing, numeric_encoding=encoding, backbone=backbone, members=2)
+        loop = TrainingLoop(every_encoding, ["a0", "a0+b0", "a1+b0+b1"], trial, seed=0)
+        assert loop.net.num_inputs == data.num_features  # the trial reads its own encoding's features
+        valid = to_device(data.splits["valid"], list(data.tasks), torch.device("cpu")).select(loop.net.tasks)
+        outputs = dict(zip(loop.net.tasks, predict(loop.net, valid, loop.kinds), strict=True))
+        for task, output in outputs.items():
+            assert output.shape == (len(loop.net.task_groups(task)), data.tasks[task].outputs, rows)
+            assert torch.isfinite(output).all()
