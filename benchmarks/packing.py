@@ -152,6 +152,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=None, help="use only this many training rows (quick runs)")
     parser.add_argument("--points", default=None,
                         help="depth,sharing,width[,head];... (default: every point of the default space)")
+    parser.add_argument("--encoding", default="standard",
+                        help="space.numeric_encoding of the data (default standard: the one docs/benchmarks.md's "
+                             "figures were measured with; the default spec's periodic makes rows dense)")
     parser.add_argument("--throughput", action="store_true", help="samples/s of packed vs one network")
     parser.add_argument("--seconds", type=float, default=10.0, help="--throughput: measuring time per loop")
     args = parser.parse_args()
@@ -160,7 +163,7 @@ def main() -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible to torch here; use --device cpu")
     torch.set_num_threads(args.threads)
-    spec = load_spec(DEFAULT_SPEC)
+    spec = load_spec(DEFAULT_SPEC, overrides=[f"space.numeric_encoding={args.encoding}"])
     data = prepare(spec)
     if args.rows:
         train = data.splits["train"]
