@@ -284,6 +284,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     spec = _load(args)
     data = prepare(spec)
+    spec.grouping.check_size(list(data.tasks))
     strategy = spec.grouping.strategy()
     print(data.summary())
     if strategy.needs_affinity:

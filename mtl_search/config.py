@@ -235,6 +235,17 @@ class GroupingSpec(_Strict):
         return make_strategy(self.candidates, max_group_size=self.max_group_size, top_k=self.top_k,
                              max_groups=self.max_groups)
 
+    def check_size(self, tasks: Sequence[str]) -> None:
+        """Refuse a strategy that would train more groups than a search can, before any is listed.
+
+        Raises:
+            SpecError: too many candidate groups (the message names the count and the keys to change).
+        """
+        try:
+            self.strategy().check_size(tasks)
+        except ValueError as error:
+            raise SpecError(f"grouping.candidates: {error}") from None
+
 
 class ConfirmSpec(_Strict):
     """Retrain the networks of the top groupings with fresh seeds and report test metrics."""

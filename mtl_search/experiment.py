@@ -108,6 +108,7 @@ def run_experiment(
     """
     started = time.time()
     data = prepare(spec)
+    spec.grouping.check_size(list(data.tasks))  # before any group is listed or anything is written
     strategy = spec.grouping.strategy()
     if not strategy.needs_affinity:  # check the budget before anything is written
         spec.num_samples(strategy.propose(list(data.tasks)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import ClassVar
@@ -46,6 +47,15 @@ def grouping_groups(grouping: str) -> tuple[str, ...]:
 
 #: Per-task values of groups: group id -> task -> value (e.g. normalised validation loss).
 TaskValues = Mapping[str, Mapping[str, float]]
+
+#: The most candidate groups a search trains (each under every configuration): every subset of 10 tasks.
+#: Beyond it a strategy refuses before listing a single group (12 tasks have 4,095 subsets, 30 a billion).
+MAX_CANDIDATE_GROUPS = 2**10 - 1
+
+
+def subsets_up_to(tasks: int, size: int) -> int:
+    """Non-empty subsets of at most ``size`` of ``tasks`` tasks: ``sum_k C(tasks, k)``, counted, not listed."""
+    return sum(math.comb(tasks, k) for k in range(1, min(size, tasks) + 1))
 
 
 class CandidateStrategy(ABC):
@@ -89,6 +99,28 @@ class CandidateStrategy(ABC):
         """Per-task values of groups that were not trained, estimated from trained ones (default: none)."""
         return {}
 
+    def count(self, tasks: int) -> int | None:
+        """How many groups :meth:`propose` gives for ``tasks`` tasks, without listing them; None when only the
+        affinity run decides (the default)."""
+        return None
+
+    def check_size(self, tasks: Sequence[str]) -> None:
+        """Refuse, before listing any group, a proposal of more than :data:`MAX_CANDIDATE_GROUPS` groups.
+
+        Raises:
+            ValueError: too many groups (the message names the count and what to change).
+        """
+        count = self.count(len(tasks))
+        if count is None or count <= MAX_CANDIDATE_GROUPS:
+            return
+        fits = max((k for k in range(1, len(tasks) + 1) if subsets_up_to(len(tasks), k) <= MAX_CANDIDATE_GROUPS),
+                   default=1)
+        raise ValueError(
+            f"{self.name!r} would train {count:,} candidate groups for {len(tasks)} tasks, and a search trains at "
+            f"most {MAX_CANDIDATE_GROUPS:,}: use grouping.candidates: affinity (it measures which tasks help each "
+            f"other first and trains the groups of the top_k groupings), or grouping.max_group_size: {fits} "
+            f"({subsets_up_to(len(tasks), fits):,} groups)")
+
 
 class Exhaustive(CandidateStrategy):
     """Every non-empty subset of the tasks (2^T - 1 groups), up to ``max_group_size``."""
@@ -96,8 +128,12 @@ class Exhaustive(CandidateStrategy):
     name = "exhaustive"
 
     def propose(self, tasks: Sequence[str], affinity: np.ndarray | None = None) -> list[str]:
+        self.check_size(tasks)
         return [group_id(combo) for size in range(1, self._largest(tasks) + 1)
                 for combo in itertools.combinations(tasks, size)]
+
+    def count(self, tasks: int) -> int:
+        return subsets_up_to(tasks, tasks if self.max_group_size is None else self.max_group_size)
 
 
 class Pairs(CandidateStrategy):
@@ -112,7 +148,12 @@ class Pairs(CandidateStrategy):
 
     name = "pairs"
 
+    def count(self, tasks: int) -> int:
+        largest = tasks if self.max_group_size is None else min(self.max_group_size, tasks)
+        return tasks + (math.comb(tasks, 2) if largest >= 2 else 0) + (1 if tasks > 2 and largest == tasks else 0)
+
     def propose(self, tasks: Sequence[str], affinity: np.ndarray | None = None) -> list[str]:
+        self.check_size(tasks)
         groups = [group_id([t]) for t in tasks]
         if self._largest(tasks) >= 2:
             groups += [group_id(pair) for pair in itertools.combinations(tasks, 2)]

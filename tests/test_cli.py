@@ -165,3 +165,16 @@ def test_a_tiny_search_runs_with_every_backbone_and_encoding(ray_local, write_sp
     if backbone == "tabm":  # confirm retrains the rank-1 grouping's networks with the trial's backbone and encoding
         confirm = pd.read_csv(out / "confirm.csv")
         assert set(confirm["grouping"]) == {board.loc[0, "grouping"]} and confirm["nloss_mean"].notna().all()
+
+
+def test_validate_refuses_a_30_task_exhaustive_search_at_once_and_names_the_way_out(write_spec, tmp_path: Path,
+                                                                                   capsys):
+    spec = planted_spec_dict(tmp_path, **{"data.params": {"rows": 300, "features": 32, "latent_dim": 3, "clusters": 10,
+                                                          "tasks_per_cluster": 3}})
+    assert main(["validate", str(write_spec(spec))]) == 2
+    message = capsys.readouterr().err
+    assert "grouping.candidates: 'exhaustive' would train 1,073,741,823 candidate groups for 30 tasks" in message
+    assert "max_group_size: 2 (465 groups)" in message and "Traceback" not in message
+    spec["grouping"] = {"candidates": "pairs"}
+    assert main(["validate", str(write_spec(spec))]) == 0
+    assert "candidate groups (pairs): 466" in capsys.readouterr().out

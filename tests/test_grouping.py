@@ -9,6 +9,7 @@ import pytest
 
 from mtl_search.grouping import (
     CANDIDATE_STRATEGIES,
+    MAX_CANDIDATE_GROUPS,
     CandidateStrategy,
     affinity_onto,
     bell_number,
@@ -18,6 +19,7 @@ from mtl_search.grouping import (
     group_tasks,
     grouping_id,
     make_strategy,
+    subsets_up_to,
     top_affinity_groupings,
 )
 
@@ -141,3 +143,26 @@ def test_best_partitions_is_exact(n_tasks: int):
         assert [c for c, _ in found] == pytest.approx([c for c, _ in every[:n]])
     limited = best_partitions(tasks, costs, len(every), max_groups=2)
     assert [p for _, p in limited] == [p for _, p in every if len(p) <= 2]
+
+
+@pytest.mark.parametrize("max_group_size", [None, 1, 2, 3])
+@pytest.mark.parametrize("name", ["exhaustive", "pairs"])
+def test_a_strategy_counts_its_groups_without_listing_them(name: str, max_group_size: int | None):
+    for count in range(1, 8):
+        tasks = [f"t{i}" for i in range(count)]
+        strategy = make_strategy(name, max_group_size=max_group_size)
+        assert strategy.count(count) == len(strategy.propose(tasks)), (count, max_group_size)
+    assert make_strategy("affinity").count(5) is None  # the affinity run decides
+
+
+def test_too_many_candidate_groups_are_refused_before_any_is_listed():
+    assert subsets_up_to(10, 10) == MAX_CANDIDATE_GROUPS  # every subset of 10 tasks is still trained
+    make_strategy("exhaustive").check_size([f"t{i}" for i in range(10)])
+    tasks = [f"t{i}" for i in range(30)]
+    with pytest.raises(ValueError, match=r"'exhaustive' would train 1,073,741,823 candidate groups for 30 tasks.*"
+                                         r"candidates: affinity.*max_group_size: 2 \(465 groups\)"):
+        make_strategy("exhaustive").propose(tasks)  # refused at once: a billion ids are never built
+    assert make_strategy("exhaustive", max_group_size=2).count(30) == 465
+    make_strategy("pairs").check_size(tasks)  # 30 + 435 + 1 groups
+    with pytest.raises(ValueError, match="'pairs' would train 1,036 candidate groups for 45 tasks"):
+        make_strategy("pairs").check_size([f"t{i}" for i in range(45)])
