@@ -152,6 +152,14 @@ class Pairs(CandidateStrategy):
         largest = tasks if self.max_group_size is None else min(self.max_group_size, tasks)
         return tasks + (math.comb(tasks, 2) if largest >= 2 else 0) + (1 if tasks > 2 and largest == tasks else 0)
 
+    def check_size(self, tasks: Sequence[str]) -> None:
+        super().check_size(tasks)
+        if len(tasks) > EXACT_TASKS:
+            raise ValueError(
+                f"'pairs' estimates every larger group from the pairs and ranks every grouping exactly, which "
+                f"stops being feasible beyond {EXACT_TASKS} tasks (here {len(tasks)}): use grouping.candidates: "
+                "affinity, which ranks groupings by a beam search at any number of tasks")
+
     def propose(self, tasks: Sequence[str], affinity: np.ndarray | None = None) -> list[str]:
         self.check_size(tasks)
         groups = [group_id([t]) for t in tasks]
@@ -226,21 +234,76 @@ def affinity_onto(tasks: Sequence[str], affinity: np.ndarray, group: str) -> dic
     if len(members) == 1:
         return {members[0]: 0.0}
     # An unmeasured pair (NaN) counts as no affinity rather than poisoning the whole grouping's score.
-    return {t: float(np.nan_to_num(np.nanmean([affinity[index[u], index[t]] for u in members if u != t])))
-            for t in members}
+    out = {}
+    for t in members:
+        measured = [value for u in members if u != t and not math.isnan(value := float(affinity[index[u], index[t]]))]
+        out[t] = float(np.mean(measured)) if measured else 0.0
+    return out
+
+
+#: Beam width per grouping asked for, in :func:`top_affinity_groupings` beyond the exact search's reach.
+AFFINITY_BEAM = 64
+#: The most tasks whose affinity groupings are ranked exactly (every subset: at most MAX_CANDIDATE_GROUPS).
+EXACT_TASKS = 10
 
 
 def top_affinity_groupings(
     tasks: Sequence[str], affinity: np.ndarray, k: int, *, max_group_size: int | None = None,
     max_groups: int | None = None,
 ) -> list[tuple[float, tuple[str, ...]]]:
-    """The ``k`` groupings with the highest mean affinity onto each task, best first."""
+    """The ``k`` groupings with the highest mean affinity onto each task, best first.
+
+    Exact (:func:`best_partitions` over every allowed subset) up to :data:`EXACT_TASKS` tasks; beyond,
+    a beam search over partitions built one task at a time (:func:`_affinity_beam`), which never lists
+    the subsets (the exact search's bound is too weak there even with small groups only).
+    """
     largest = len(tasks) if max_group_size is None else min(max_group_size, len(tasks))
+    if len(tasks) > EXACT_TASKS:
+        return _affinity_beam(tasks, affinity, k, largest=largest, max_groups=max_groups)
     groups = [group_id(c) for size in range(1, largest + 1) for c in itertools.combinations(tasks, size)]
     # best_partitions minimises, so the cost of a task is minus its affinity.
     costs = {g: {t: -v for t, v in affinity_onto(tasks, affinity, g).items()} for g in groups}
     return [(-cost / len(tasks), partition)
             for cost, partition in best_partitions(tasks, costs, k, max_groups=max_groups)]
+
+
+def _grouping_affinity(affinity: np.ndarray, partition: Sequence[Sequence[int]]) -> float:
+    """Mean over tasks of the mean affinity onto the task from its group-mates, as :func:`affinity_onto`
+    scores it (0 alone; unmeasured pairs left out), for a partition of task indices."""
+    total, count = 0.0, 0
+    for members in partition:
+        count += len(members)
+        if len(members) > 1:
+            block = affinity[np.ix_(members, members)].astype(float)
+            np.fill_diagonal(block, np.nan)
+            measured = (~np.isnan(block)).sum(axis=0)
+            sums = np.nansum(block, axis=0)
+            total += float(np.where(measured > 0, sums / np.maximum(measured, 1), 0.0).sum())
+    return total / count
+
+
+def _affinity_beam(tasks: Sequence[str], affinity: np.ndarray, k: int, *, largest: int,
+                   max_groups: int | None) -> list[tuple[float, tuple[str, ...]]]:
+    """Beam search for the ``k`` groupings of highest affinity: tasks join in turn, each into one of the
+    partial grouping's groups (with room) or a new group (if allowed); the ``AFFINITY_BEAM * k`` partial
+    groupings with the highest affinity so far are kept. Heuristic, deterministic, and it holds at most
+    the beam's partitions, never the subsets."""
+    width = AFFINITY_BEAM * k
+    beam: list[tuple[tuple[int, ...], ...]] = [()]
+    for task in range(len(tasks)):
+        children = set()
+        for partition in beam:
+            for index, members in enumerate(partition):
+                if len(members) < largest:
+                    grown = (*partition[:index], (*members, task), *partition[index + 1:])
+                    children.add(tuple(sorted(grown)))
+            if max_groups is None or len(partition) < max_groups:
+                children.add(tuple(sorted((*partition, (task,)))))
+        scored = sorted(children, key=lambda p: (-_grouping_affinity(affinity, p), p))
+        beam = scored[:width]
+    ranked = [(_grouping_affinity(affinity, p), tuple(sorted(group_id(tasks[i] for i in members) for members in p)))
+              for p in beam]
+    return sorted(ranked, key=lambda item: (-item[0], item[1]))[:k]
 
 
 # --------------------------------------------------------------------------- partitions

@@ -175,6 +175,7 @@ def test_validate_refuses_a_30_task_exhaustive_search_at_once_and_names_the_way_
     message = capsys.readouterr().err
     assert "grouping.candidates: 'exhaustive' would train 1,073,741,823 candidate groups for 30 tasks" in message
     assert "max_group_size: 2 (465 groups)" in message and "Traceback" not in message
-    spec["grouping"] = {"candidates": "pairs"}
+    spec["grouping"] = {"candidates": "affinity", "top_k": 2}
     assert main(["validate", str(write_spec(spec))]) == 0
-    assert "candidate groups (pairs): 466" in capsys.readouterr().out
+    assert "candidate groups (affinity): the singletons plus the groups of the top 2 groupings" in \
+        capsys.readouterr().out

@@ -163,6 +163,31 @@ def test_too_many_candidate_groups_are_refused_before_any_is_listed():
                                          r"candidates: affinity.*max_group_size: 2 \(465 groups\)"):
         make_strategy("exhaustive").propose(tasks)  # refused at once: a billion ids are never built
     assert make_strategy("exhaustive", max_group_size=2).count(30) == 465
-    make_strategy("pairs").check_size(tasks)  # 30 + 435 + 1 groups
+    assert make_strategy("pairs").count(45) == 1036
     with pytest.raises(ValueError, match="'pairs' would train 1,036 candidate groups for 45 tasks"):
         make_strategy("pairs").check_size([f"t{i}" for i in range(45)])
+    with pytest.raises(ValueError, match=r"'pairs' estimates every larger group.*10 tasks \(here 11\).*affinity"):
+        make_strategy("pairs").check_size([f"t{i}" for i in range(11)])
+
+
+def test_beyond_ten_tasks_affinity_groupings_come_from_a_beam_search_that_agrees_with_the_exact_one():
+    from mtl_search.grouping import _affinity_beam
+
+    rng = np.random.default_rng(0)
+    for _ in range(10):  # where both run, the beam finds the exact search's best grouping and score
+        tasks = [f"t{i}" for i in range(7)]
+        matrix = rng.normal(0.0, 0.1, (7, 7))
+        matrix[rng.random((7, 7)) < 0.1] = np.nan  # unmeasured pairs count as the exact search counts them
+        exact = top_affinity_groupings(tasks, matrix, 3)
+        beam = _affinity_beam(tasks, matrix, 3, largest=7, max_groups=None)
+        assert beam[0][1] == exact[0][1] and beam[0][0] == pytest.approx(exact[0][0])
+    # 30 tasks in 10 clusters of 3 (a billion subsets): the beam recovers the clusters.
+    tasks = [f"t{i:02d}" for i in range(30)]
+    cluster = np.repeat(np.arange(10), 3)
+    matrix = rng.normal(0.0, 0.02, (30, 30)) + 0.2 * (cluster[:, None] == cluster[None, :])
+    (score, best), *_ = top_affinity_groupings(tasks, matrix, 2)
+    assert best == tuple(group_id(tasks[i] for i in range(3 * c, 3 * c + 3)) for c in range(10))
+    groups = make_strategy("affinity", top_k=2).propose(tasks, matrix)
+    assert len(groups) <= 30 + 2 * 10 and all(len(group_tasks(g)) <= 30 for g in groups)
+    limited = top_affinity_groupings(tasks, matrix, 1, max_group_size=2, max_groups=20)
+    assert all(len(group_tasks(g)) <= 2 for g in limited[0][1]) and len(limited[0][1]) <= 20
