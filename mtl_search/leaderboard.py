@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from mtl_search.config import HYPERPARAMETERS
-from mtl_search.grouping import best_partitions, group_id, group_tasks, grouping_groups, grouping_id
+from mtl_search.grouping import EXACT_TASKS, best_partitions, group_id, group_tasks, grouping_groups, grouping_id
 from mtl_search.results import (
     NLOSS,
     OK_STATUSES,
@@ -366,8 +366,13 @@ def selection_csv(groups: pd.DataFrame, task_types: Mapping[str, str], *, cost: 
     over tasks) for budgets 1, 1.5, ..., T; ``test_total_loss`` is the same set's sum
     on the test split. A network costs 1 (``cost: networks``) or its parameters in
     units of the mean single-task network (``cost: params``), so budgets read alike.
+    Beyond :data:`mtl_search.grouping.EXACT_TASKS` tasks the exact selection's search
+    grows too fast (measured: 47 networks of 30 tasks ran for minutes), so the table is
+    empty there (only its header is written).
     """
     tasks = list(task_types)
+    if len(tasks) > EXACT_TASKS:
+        return pd.DataFrame()
     trained = groups[~groups["estimated"].astype(bool) & np.isfinite(groups["valid_score"].astype(float))]
     singles = trained[trained["n_tasks"] == 1]["params"].astype(float)
     unit = float(singles.mean()) if cost == "params" and len(singles) else 1.0

@@ -204,3 +204,11 @@ def test_baseline_rows_are_references_never_ranked():
     assert list(with_baseline["rank"].dropna()) == [1, 2]  # the groupings keep their ranks
     text = format_top(with_baseline)
     assert "baseline:gbdt" in text and "a+b" in text
+
+
+def test_the_exact_budgeted_selection_is_left_out_beyond_ten_tasks():
+    from mtl_search.leaderboard import selection_csv
+
+    tasks = {f"t{i}": "regression" for i in range(11)}
+    assert selection_csv(pd.DataFrame(columns=["group", "estimated", "valid_score", "n_tasks", "params"]),
+                         tasks).empty
