@@ -202,11 +202,13 @@ def _review_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
+    from mtl_search.spec_file import literal_override
+
     overrides = list(args.overrides)
     if getattr(args, "output", None):
-        overrides.append(f"output={args.output}")
+        overrides.append(literal_override("output", args.output))  # a path, never YAML
     if getattr(args, "name", None):
-        overrides.append(f"name={args.name}")
+        overrides.append(literal_override("name", args.name))
     return overrides
 
 

@@ -41,7 +41,7 @@ from mtl_search.ray_tasks import retrain, run_affinity
 from mtl_search.report import write_report
 from mtl_search.results import AFFINITY_PNG, OK_STATUSES, for_csv
 from mtl_search.search import SearchPlan, run_search
-from mtl_search.spec_file import load_spec
+from mtl_search.spec_file import literal_override, load_spec
 from mtl_search.train import split_packs
 from mtl_search.trial import TrialSettings
 
@@ -181,7 +181,7 @@ def resume_experiment(result_dir: Path, *, address: str | None = None, verbose: 
         raise ResultsMissingError(f"{result_dir} holds no {storage.CONFIG_FILE}: it is not an mtl_search result "
                                   "directory; pass the folder `run` wrote, e.g. results/<name>")
     # The folder may have moved since: its location, not the recorded output, is where to continue.
-    spec = load_spec(config, [f"output={result_dir.parent}", f"name={result_dir.name}"])
+    spec = load_spec(config, [literal_override("output", result_dir.parent), literal_override("name", result_dir.name)])
     return run_experiment(spec, resume=True, address=address, verbose=verbose, echo=echo)
 
 

@@ -19,13 +19,19 @@ from mtl_search.errors import UserError
 TRAIN_POLL_INTERVAL_S = "0.05"
 
 
+def ray_address(address: str | None = None) -> str | None:
+    """The cluster to join: ``address``, else ``RAY_ADDRESS``; None (start a local Ray) when both are empty
+    (CI templates often export ``RAY_ADDRESS=``, which must not reach ``ray.init`` as an address)."""
+    return (address or "").strip() or os.environ.get("RAY_ADDRESS", "").strip() or None
+
+
 def connect_ray(address: str | None = None, *, verbose: bool = False, num_cpus: int | None = None) -> None:
     """Start or join Ray, with Train's faster polling and quiet logs unless ``verbose``."""
     quiet_logs(verbose)
     if ray.is_initialized():
         return
     env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": TRAIN_POLL_INTERVAL_S}
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = ray_address(address)
     if not address:
         # A local machine has no spot preemption to watch for: skip the watcher actor each Train run starts.
         env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"

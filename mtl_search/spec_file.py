@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 import types
 import typing
 from collections.abc import Sequence
@@ -90,6 +91,12 @@ def spec_from_dict(raw: dict[str, Any], *, base_dir: Path | None = None, origin:
             resolved = base_dir / resolved
         spec = spec.model_copy(update={"data": spec.data.model_copy(update={"source": str(resolved.resolve())})})
     return spec
+
+
+def literal_override(key: str, value: object) -> str:
+    """A ``key=value`` override whose value stays the literal string ``str(value)`` (quoted for YAML), so a
+    name like ``2024`` or a folder like ``runs #2`` is not read as a number or cut at a comment."""
+    return f"{key}={json.dumps(str(value))}"
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

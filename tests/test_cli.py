@@ -179,3 +179,28 @@ def test_validate_refuses_a_30_task_exhaustive_search_at_once_and_names_the_way_
     assert main(["validate", str(write_spec(spec))]) == 0
     assert "candidate groups (affinity): the singletons plus the groups of the top 2 groupings" in \
         capsys.readouterr().out
+
+
+def test_name_and_output_are_literal_strings_never_yaml(write_spec, tmp_path: Path):
+    import argparse
+
+    from mtl_search.cli import _load
+
+    output = tmp_path / "runs #2"  # a YAML comment marker inside a folder name
+    args = argparse.Namespace(spec=write_spec(planted_spec_dict(tmp_path)), overrides=[], output=str(output),
+                              name="2024")  # a name, not a number
+    spec = _load(args)  # what run and submit read their --name and --output through
+    assert spec.name == "2024" and str(spec.output) == str(output)
+
+
+@pytest.mark.parametrize(("given", "environment", "expected"), [
+    (None, None, None), (None, "", None), (None, "  ", None), ("", "", None),
+    (None, "ray://head:10001", "ray://head:10001"), ("auto", "ray://head:10001", "auto")])
+def test_an_empty_ray_address_means_a_local_ray(monkeypatch: pytest.MonkeyPatch, given, environment, expected):
+    from mtl_search.ray_session import ray_address
+
+    if environment is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", environment)
+    assert ray_address(given) == expected
