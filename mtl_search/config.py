@@ -56,34 +56,20 @@ def _domain_type(check: ValueCheck, normalise: Callable[[Any], Any] | None = Non
     return Annotated[Domain, BeforeValidator(validate), PlainSerializer(lambda d: d.to_yaml())]
 
 
-def _check_weighting(value: Any) -> str | None:
-    if not isinstance(value, str) or value not in SCHEMES:  # a list or mapping here is a typo too
-        return f"unknown weighting; valid: {', '.join(sorted(SCHEMES))}"
-    return None
-
-
 #: The network families a trial can train (``space.backbone``; :mod:`mtl_search.model`).
 BACKBONES = ("mlp", "tabm")
 #: How numeric features reach the networks (``space.numeric_encoding``; :func:`mtl_search.encoding.encode_features`).
 NUMERIC_ENCODINGS = ("standard", "quantile", "piecewise_linear", "periodic")
 
 
-def _check_encoding(value: Any) -> str | None:
-    if not isinstance(value, str) or value not in NUMERIC_ENCODINGS:
-        return f"unknown numeric_encoding; valid: {', '.join(NUMERIC_ENCODINGS)}"
-    return None
+def _one_of(key: str, names: Sequence[str]) -> ValueCheck:
+    """A value check accepting only the strings ``names`` (a list or mapping here is a typo too)."""
+    def check(value: Any) -> str | None:
+        if not isinstance(value, str) or value not in names:
+            return f"unknown {key}; valid: {', '.join(names)}"
+        return None
 
-
-def _check_backbone(value: Any) -> str | None:
-    if not isinstance(value, str) or value not in BACKBONES:
-        return f"unknown backbone; valid: {', '.join(BACKBONES)}"
-    return None
-
-
-def _check_schedule(value: Any) -> str | None:
-    if not isinstance(value, str) or value not in SCHEDULES:
-        return f"unknown lr_schedule; valid: {', '.join(SCHEDULES)}"
-    return None
+    return check
 
 
 _WeightingParams = Annotated[dict[str, Any], BeforeValidator(parse_scheme_params),
@@ -264,19 +250,19 @@ class SpaceSpec(_Strict):
     sharing_depth: _domain_type(Interval("int", 0).check) = Domain("int", (0, 3))  # type: ignore[valid-type]
     width: _domain_type(_AT_LEAST_1.check) = Domain.choice(64, 128, 256)  # type: ignore[valid-type]
     head_sizes: _domain_type(check_head_sizes, format_head_sizes) = Domain.choice("", "32")  # type: ignore[valid-type]
-    weighting: _domain_type(_check_weighting) = Domain.choice("equal", "uncertainty", "dwa")  # type: ignore[valid-type]
+    weighting: _domain_type(_one_of("weighting", sorted(SCHEMES))) = Domain.choice("equal", "uncertainty", "dwa")  # type: ignore[valid-type]
     lr: _domain_type(Interval("real", 0.0, None, closed="neither").check) = Domain(  # type: ignore[valid-type]
         "float", (1e-4, 1e-2), log=True)
     weight_decay: _domain_type(Interval("real", 0.0, 1.0).check) = Domain.const(0.0)  # type: ignore[valid-type]
     dropout: _domain_type(Interval("real", 0.0, 0.9).check) = Domain.const(0.0)  # type: ignore[valid-type]
     #: standard | quantile | piecewise_linear | periodic; every encoding the space may choose is prepared once.
-    numeric_encoding: _domain_type(_check_encoding) = Domain.const("periodic")  # type: ignore[valid-type]
+    numeric_encoding: _domain_type(_one_of("numeric_encoding", NUMERIC_ENCODINGS)) = Domain.const("periodic")  # type: ignore[valid-type]
     #: ``mlp``, or ``tabm``: ``members`` implicit members sharing every weight matrix (:mod:`mtl_search.model`).
-    backbone: _domain_type(_check_backbone) = Domain.const("mlp")  # type: ignore[valid-type]
+    backbone: _domain_type(_one_of("backbone", BACKBONES)) = Domain.const("mlp")  # type: ignore[valid-type]
     #: TabM's ensemble size ``k`` (ignored by ``mlp``).
     members: _domain_type(_AT_LEAST_1.check) = Domain.const(8)  # type: ignore[valid-type]
     #: ``constant``, ``cosine`` or ``linear`` (both with a short warm-up; :mod:`mtl_search.schedule`).
-    lr_schedule: _domain_type(_check_schedule) = Domain.const("cosine")  # type: ignore[valid-type]
+    lr_schedule: _domain_type(_one_of("lr_schedule", list(SCHEDULES))) = Domain.const("cosine")  # type: ignore[valid-type]
     #: Each network's gradient norm is clipped to this (0: no clipping).
     grad_clip: _domain_type(Interval("real", 0.0).check) = Domain.const(0.0)  # type: ignore[valid-type]
     #: A pack stops once none of its networks improved its validation score for this many epochs (0: never).

@@ -227,18 +227,22 @@ def make_strategy(name: str, **options: object) -> CandidateStrategy:
     return cls(**options)  # type: ignore[arg-type]
 
 
+def _mean_onto(affinity: np.ndarray, members: Sequence[int]) -> np.ndarray:
+    """Per member (task indices), the mean affinity onto it from the other members: 0 alone, and an
+    unmeasured pair (NaN) left out rather than poisoning the score (0 when none is measured)."""
+    if len(members) == 1:
+        return np.zeros(1)
+    block = affinity[np.ix_(members, members)].astype(float)
+    np.fill_diagonal(block, np.nan)
+    measured = (~np.isnan(block)).sum(axis=0)
+    return np.where(measured > 0, np.nansum(block, axis=0) / np.maximum(measured, 1), 0.0)
+
+
 def affinity_onto(tasks: Sequence[str], affinity: np.ndarray, group: str) -> dict[str, float]:
     """For each task of ``group``: the mean affinity onto it from its group-mates (0 alone)."""
     index = {t: i for i, t in enumerate(tasks)}
     members = group_tasks(group)
-    if len(members) == 1:
-        return {members[0]: 0.0}
-    # An unmeasured pair (NaN) counts as no affinity rather than poisoning the whole grouping's score.
-    out = {}
-    for t in members:
-        measured = [value for u in members if u != t and not math.isnan(value := float(affinity[index[u], index[t]]))]
-        out[t] = float(np.mean(measured)) if measured else 0.0
-    return out
+    return {t: float(v) for t, v in zip(members, _mean_onto(affinity, [index[t] for t in members]), strict=True)}
 
 
 #: Beam width per grouping asked for, in :func:`top_affinity_groupings` beyond the exact search's reach.
@@ -268,18 +272,8 @@ def top_affinity_groupings(
 
 
 def _grouping_affinity(affinity: np.ndarray, partition: Sequence[Sequence[int]]) -> float:
-    """Mean over tasks of the mean affinity onto the task from its group-mates, as :func:`affinity_onto`
-    scores it (0 alone; unmeasured pairs left out), for a partition of task indices."""
-    total, count = 0.0, 0
-    for members in partition:
-        count += len(members)
-        if len(members) > 1:
-            block = affinity[np.ix_(members, members)].astype(float)
-            np.fill_diagonal(block, np.nan)
-            measured = (~np.isnan(block)).sum(axis=0)
-            sums = np.nansum(block, axis=0)
-            total += float(np.where(measured > 0, sums / np.maximum(measured, 1), 0.0).sum())
-    return total / count
+    """A partition's (of task indices) affinity: the mean over tasks of :func:`_mean_onto`."""
+    return float(sum(_mean_onto(affinity, members).sum() for members in partition)) / sum(map(len, partition))
 
 
 def _affinity_beam(tasks: Sequence[str], affinity: np.ndarray, k: int, *, largest: int,
@@ -299,10 +293,10 @@ def _affinity_beam(tasks: Sequence[str], affinity: np.ndarray, k: int, *, larges
                     children.add(tuple(sorted(grown)))
             if max_groups is None or len(partition) < max_groups:
                 children.add(tuple(sorted((*partition, (task,)))))
-        scored = sorted(children, key=lambda p: (-_grouping_affinity(affinity, p), p))
-        beam = scored[:width]
-    ranked = [(_grouping_affinity(affinity, p), tuple(sorted(group_id(tasks[i] for i in members) for members in p)))
-              for p in beam]
+        scored = sorted((-_grouping_affinity(affinity, p), p) for p in children)[:width]
+        beam = [p for _, p in scored]
+    ranked = [(-negative, tuple(sorted(group_id(tasks[i] for i in members) for members in p)))
+              for negative, p in scored]
     return sorted(ranked, key=lambda item: (-item[0], item[1]))[:k]
 
 
