@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -36,7 +37,16 @@ from mtl_search.step import to_device
 from mtl_search.trial import Architecture, TrialParams
 
 
-def measure_affinity(
+@dataclass
+class AllTaskRun:
+    """What the all-task measuring run leaves: the affinity matrix and the trained network (every trunk
+    layer shared), which :mod:`mtl_search.estimate` linearises."""
+
+    affinity: np.ndarray
+    model: MultiTaskNet
+
+
+def run_all_tasks(
     data: PreparedData,
     tasks: Sequence[str],
     params: TrialParams,
@@ -47,8 +57,8 @@ def measure_affinity(
     lookahead_lr: float | None = None,
     normalise: bool = True,
     progress: Callable[[int, int], None] | None = None,
-) -> np.ndarray:
-    """Train one all-task network and return the ``T x T`` lookahead affinity matrix.
+) -> AllTaskRun:
+    """Train one all-task network, measuring the ``T x T`` lookahead affinity matrix as it trains.
 
     Args:
         data: prepared arrays.
@@ -105,7 +115,7 @@ def measure_affinity(
         own = np.diag(affinity).copy()
         # A task whose own step does not lower its loss has no scale to compare against.
         affinity = np.where(own[None, :] > 0, affinity / np.where(own > 0, own, 1.0)[None, :], math.nan)
-    return affinity
+    return AllTaskRun(affinity, model.eval())
 
 
 def _accumulate(

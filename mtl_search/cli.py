@@ -290,8 +290,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     strategy = spec.grouping.strategy()
     print(data.summary())
     if strategy.needs_affinity:
+        by = "estimated loss" if strategy.needs_estimates else "affinity"
         print(f"candidate groups ({spec.grouping.candidates}): the singletons plus the groups of the top "
-              f"{spec.grouping.top_k} groupings, chosen after an all-task affinity run; "
+              f"{spec.grouping.top_k} groupings by {by}, chosen after an all-task affinity run "
+              f"(at most {len(data.tasks) + spec.grouping.top_k * (len(data.tasks) // 2)} groups); "
               f"epochs per trial: {spec.space.max_epochs}; executor: {spec.search.trial_executor}")
     else:
         groups = strategy.propose(list(data.tasks))

@@ -7,6 +7,7 @@ submitted to a cluster runs the same ``run`` command there.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import time
 from collections.abc import Callable, Mapping
@@ -16,7 +17,6 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
@@ -25,7 +25,8 @@ from mtl_search.baselines import RawFeatures, baseline_rows
 from mtl_search.config import HYPERPARAMETERS, ExperimentSpec, TaskSpec
 from mtl_search.data import PreparedData, prepare, raw_features
 from mtl_search.errors import ResultsMissingError
-from mtl_search.grouping import grouping_groups
+from mtl_search.estimate import rank_agreement
+from mtl_search.grouping import group_tasks, grouping_groups
 from mtl_search.leaderboard import (
     add_baseline_rows,
     add_estimates,
@@ -37,9 +38,9 @@ from mtl_search.leaderboard import (
 )
 from mtl_search.plots import plot_affinity
 from mtl_search.ray_session import connect_ray, resolve_gpus, tracking_callbacks
-from mtl_search.ray_tasks import retrain, run_affinity
+from mtl_search.ray_tasks import Measurements, retrain, run_measurements
 from mtl_search.report import write_report
-from mtl_search.results import AFFINITY_PNG, OK_STATUSES, for_csv
+from mtl_search.results import AFFINITY_PNG, NLOSS, OK_STATUSES, VALID, column, for_csv
 from mtl_search.search import SearchPlan, run_search
 from mtl_search.spec_file import literal_override, load_spec
 from mtl_search.train import split_packs
@@ -124,14 +125,14 @@ def run_experiment(
     connect_ray(address, verbose=verbose)
     settings = TrialSettings.from_spec(spec, gpus_per_worker=resolve_gpus(spec),
                                        train_storage=str(result_dir / storage.TRAIN_DIR))
-    affinity = None
+    measured: Measurements | None = None
     if strategy.needs_affinity:
-        if resume and (result_dir / storage.AFFINITY_FILE).exists():
-            affinity = pd.read_csv(result_dir / storage.AFFINITY_FILE, index_col=0).to_numpy(dtype=float)
-        else:
-            affinity = run_affinity(spec, data, settings, echo=echo)
-            write_affinity(result_dir, list(data.tasks), affinity)
-    groups = strategy.propose(list(data.tasks), affinity)
+        measured = read_measurements(result_dir, strategy.needs_estimates) if resume else None
+        if measured is None:
+            measured = run_measurements(spec, data, settings, echo=echo)
+            write_measurements(result_dir, list(data.tasks), measured)
+    groups = strategy.propose(list(data.tasks), None if measured is None else measured.affinity,
+                              None if measured is None else measured.estimates)
     settings = replace(settings, groups=tuple(groups))
     plan = SearchPlan(groups=groups, num_samples=spec.num_samples(groups), settings=settings)
     if spec.search.unit == "pack":
@@ -151,8 +152,13 @@ def run_experiment(
             confirmed = confirm_groupings(spec, data, features, settings, board, by_group, trials,
                                           confirm_seeds(spec), top_k=spec.confirm.top_k, echo=echo)
             storage.atomic_write_csv(result_dir / storage.CONFIRM_FILE, for_csv(confirmed))
+        agreement = None
+        if measured is not None and measured.estimates:
+            agreement = rank_agreement(measured.estimates, _trained_losses(by_group, list(data.tasks)))
+            echo(f"estimate: estimated vs trained validation losses of the trained groups, mean per-task "
+                 f"Spearman {agreement:.2f}")
         wall = time.time() - started
-        _write_run_info(result_dir, spec, plan, trials, wall)
+        _write_run_info(result_dir, spec, plan, trials, wall, estimate_rank_correlation=agreement)
         _draw_plots(result_dir, echo)
     finally:  # after a failure too, so the trials that finished reach shared storage
         storage.publish_results(location, echo=echo)
@@ -253,15 +259,41 @@ def _draw_plots(result_dir: Path, echo: Callable[[str], None]) -> None:
         echo(f"warning: no plots ({type(exc).__name__}: {exc}); `mtl-search report {result_dir}` redraws them")
 
 
-def write_affinity(result_dir: Path, tasks: list[str], affinity: np.ndarray) -> None:
-    """``affinity.csv`` (row = the task whose step is taken, column = the task it affects) and its heatmap."""
+def read_measurements(result_dir: Path, with_estimates: bool) -> Measurements | None:
+    """The all-task run's results an interrupted run already wrote (None when a file it needs is missing)."""
+    affinity_file, estimates_file = result_dir / storage.AFFINITY_FILE, result_dir / storage.ESTIMATES_FILE
+    if not affinity_file.exists() or (with_estimates and not estimates_file.exists()):
+        return None
+    affinity = pd.read_csv(affinity_file, index_col=0).to_numpy(dtype=float)
+    estimates: dict[str, dict[str, float]] = {}
+    if with_estimates:
+        for row in pd.read_csv(estimates_file).itertuples(index=False):
+            estimates.setdefault(str(row.group), {})[str(row.task)] = float(row.estimated_nloss)
+    return Measurements(affinity, estimates)
+
+
+def write_measurements(result_dir: Path, tasks: list[str], measured: Measurements) -> None:
+    """``affinity.csv`` (row = the task whose step is taken, column = the task it affects), its heatmap, and
+    ``estimates.csv`` (group, task, estimated_nloss) when group losses were estimated."""
+    if measured.estimates:
+        storage.atomic_write_csv(result_dir / storage.ESTIMATES_FILE, pd.DataFrame(
+            [(group, task, value) for group, losses in measured.estimates.items() for task, value in losses.items()],
+            columns=["group", "task", "estimated_nloss"]))
+    affinity = measured.affinity
     frame = pd.DataFrame(affinity, index=pd.Index(tasks, name="source"), columns=tasks)
     storage.atomic_write_text(result_dir / storage.AFFINITY_FILE, frame.to_csv())
     plot_affinity(frame, result_dir / storage.PLOTS_DIR / AFFINITY_PNG)
 
 
+def _trained_losses(by_group: pd.DataFrame, tasks: list[str]) -> dict[str, dict[str, float]]:
+    """Each trained group's per-task validation nloss (``groups.csv``, estimated rows left out)."""
+    trained = by_group[~by_group["estimated"].astype(bool)]
+    return {str(row["group"]): {t: float(row[column(VALID, t, NLOSS)]) for t in group_tasks(str(row["group"]))}
+            for _, row in trained.iterrows() if all(t in tasks for t in group_tasks(str(row["group"])))}
+
+
 def _write_run_info(result_dir: Path, spec: ExperimentSpec, plan: SearchPlan, trials: pd.DataFrame,
-                    wall: float) -> None:
+                    wall: float, *, estimate_rank_correlation: float | None = None) -> None:
     ok = trials[trials["status"].isin(OK_STATUSES)] if len(trials) else trials
     info = {
         "mtl_search_version": __version__,
@@ -280,6 +312,9 @@ def _write_run_info(result_dir: Path, spec: ExperimentSpec, plan: SearchPlan, tr
         "median_train_loop_s": _median(ok, "train_loop_s"),
         "median_overhead_s": _median(ok, "overhead_s"),
     }
+    if estimate_rank_correlation is not None:  # grouping.candidates: estimate (NaN: too few trained groups)
+        info["estimate_rank_correlation"] = (None if math.isnan(estimate_rank_correlation)
+                                             else round(estimate_rank_correlation, 3))
     storage.atomic_write_text(result_dir / storage.RUN_FILE, json.dumps(info, indent=2) + "\n")
 
 

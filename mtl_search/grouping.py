@@ -11,7 +11,7 @@ import bisect
 import itertools
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -70,6 +70,8 @@ class CandidateStrategy(ABC):
     name: ClassVar[str]
     #: Whether :meth:`propose` needs the inter-task affinity matrix (one all-task measuring run first).
     needs_affinity: ClassVar[bool] = False
+    #: Whether :meth:`propose` needs estimated group losses (from the same all-task run).
+    needs_estimates: ClassVar[bool] = False
 
     def __init__(self, *, max_group_size: int | None = None, top_k: int = 3, max_groups: int | None = None) -> None:
         if max_group_size is not None and max_group_size < 1:
@@ -86,13 +88,17 @@ class CandidateStrategy(ABC):
         return len(tasks) if self.max_group_size is None else min(self.max_group_size, len(tasks))
 
     @abstractmethod
-    def propose(self, tasks: Sequence[str], affinity: np.ndarray | None = None) -> list[str]:
+    def propose(self, tasks: Sequence[str], affinity: np.ndarray | None = None,
+                estimates: TaskValues | None = None) -> list[str]:
         """Group ids to train, singletons first, in a stable order.
 
         Args:
             tasks: the task names.
             affinity: ``affinity[i, j]`` = how much a step on task i's loss lowers task j's loss
                 (only for strategies with ``needs_affinity``).
+            estimates: estimated per-task validation losses of untrained groups, looked up one group at a
+                time (only for strategies with ``needs_estimates``; e.g. a
+                :class:`mtl_search.estimate.GroupLossEstimator`, which computes each on demand).
         """
 
     def estimate(self, tasks: Sequence[str], trained: TaskValues) -> dict[str, dict[str, float]]:
@@ -127,7 +133,8 @@ class Exhaustive(CandidateStrategy):
 
     name = "exhaustive"
 
-    def propose(self, tasks: Sequence[str], affinity: np.ndarray | None = None) -> list[str]:
+    def propose(self, tasks: Sequence[str], affinity: np.ndarray | None = None,
+                estimates: TaskValues | None = None) -> list[str]:
         self.check_size(tasks)
         return [group_id(combo) for size in range(1, self._largest(tasks) + 1)
                 for combo in itertools.combinations(tasks, size)]
@@ -160,7 +167,8 @@ class Pairs(CandidateStrategy):
                 f"stops being feasible beyond {EXACT_TASKS} tasks (here {len(tasks)}): use grouping.candidates: "
                 "affinity, which ranks groupings by a beam search at any number of tasks")
 
-    def propose(self, tasks: Sequence[str], affinity: np.ndarray | None = None) -> list[str]:
+    def propose(self, tasks: Sequence[str], affinity: np.ndarray | None = None,
+                estimates: TaskValues | None = None) -> list[str]:
         self.check_size(tasks)
         groups = [group_id([t]) for t in tasks]
         if self._largest(tasks) >= 2:
@@ -198,21 +206,59 @@ class Affinity(CandidateStrategy):
     name = "affinity"
     needs_affinity = True
 
-    def propose(self, tasks: Sequence[str], affinity: np.ndarray | None = None) -> list[str]:
+    def propose(self, tasks: Sequence[str], affinity: np.ndarray | None = None,
+                estimates: TaskValues | None = None) -> list[str]:
         if affinity is None:
             raise ValueError("affinity must be the measured T x T matrix for the affinity strategy, "
                              "but got affinity=None.")
-        ranked = top_affinity_groupings(tasks, affinity, self.top_k, max_group_size=self.max_group_size,
-                                        max_groups=self.max_groups)
-        singles = [group_id([t]) for t in tasks]
-        chosen = {g for _, partition in ranked for g in partition} - set(singles)
-        return singles + sorted(chosen, key=lambda g: (len(group_tasks(g)), g))
+        return _singles_and(tasks, top_affinity_groupings(tasks, affinity, self.top_k,
+                                                          max_group_size=self.max_group_size,
+                                                          max_groups=self.max_groups))
+
+
+class Estimate(CandidateStrategy):
+    """Groups of the ``top_k`` groupings with the lowest *estimated* validation loss, plus singletons.
+
+    Each group's loss is estimated without training it, from the all-task network of the affinity
+    run, by a linearised fine-tune of that network on the group's tasks (in the spirit of Grad-TAG,
+    Li, Sharma and Zhang 2024; see :mod:`mtl_search.estimate`). The groupings are searched by
+    :func:`top_groupings`, which asks for an estimate only of the groups its search reaches. The
+    estimates only choose what to train: the leaderboard ranks trained groups alone.
+    """
+
+    name = "estimate"
+    needs_affinity = True
+    needs_estimates = True
+
+    def propose(self, tasks: Sequence[str], affinity: np.ndarray | None = None,
+                estimates: TaskValues | None = None) -> list[str]:
+        if estimates is None:
+            raise ValueError("estimates must map each group asked about to its tasks' estimated losses for the "
+                             "estimate strategy, but got estimates=None.")
+        def costs(group: str) -> Mapping[str, float]:
+            try:
+                return estimates[group]
+            except KeyError:
+                raise ValueError(f"no estimated loss for group {group!r}: the estimates (estimates.csv when "
+                                 "resuming) do not cover the groups this search asks about") from None
+
+        ranked = top_groupings(tasks, costs, self.top_k, max_group_size=self.max_group_size,
+                               max_groups=self.max_groups, beam=ESTIMATE_BEAM)
+        return _singles_and(tasks, ranked)
+
+
+def _singles_and(tasks: Sequence[str], ranked: Sequence[tuple[float, tuple[str, ...]]]) -> list[str]:
+    """The singletons, then the other groups of the ranked groupings (smallest first)."""
+    singles = [group_id([t]) for t in tasks]
+    chosen = {g for _, partition in ranked for g in partition} - set(singles)
+    return singles + sorted(chosen, key=lambda g: (len(group_tasks(g)), g))
 
 
 CANDIDATE_STRATEGIES: dict[str, type[CandidateStrategy]] = {
     Exhaustive.name: Exhaustive,
     Pairs.name: Pairs,
     Affinity.name: Affinity,
+    Estimate.name: Estimate,
 }
 
 
@@ -245,45 +291,63 @@ def affinity_onto(tasks: Sequence[str], affinity: np.ndarray, group: str) -> dic
     return {t: float(v) for t, v in zip(members, _mean_onto(affinity, [index[t] for t in members]), strict=True)}
 
 
-#: Beam width per grouping asked for, in :func:`top_affinity_groupings` beyond the exact search's reach.
+#: Beam width per grouping asked for, in :func:`top_groupings` beyond the exact search's reach.
 AFFINITY_BEAM = 64
-#: The most tasks whose affinity groupings are ranked exactly (every subset: at most MAX_CANDIDATE_GROUPS).
+#: The same for :class:`Estimate`, whose every new group costs an estimate (~15 ms for 512 weights on 2 cores):
+#: 12 tasks ask about ~200 groups with ``top_k: 3``.
+ESTIMATE_BEAM = 8
+#: The most tasks whose groupings are ranked exactly (every subset: at most MAX_CANDIDATE_GROUPS).
 EXACT_TASKS = 10
+
+#: A group's per-task costs (lower is better), asked for one group id at a time.
+GroupCosts = Callable[[str], Mapping[str, float]]
+
+
+def top_groupings(tasks: Sequence[str], costs: GroupCosts, k: int, *, max_group_size: int | None = None,
+                  max_groups: int | None = None, beam: int = AFFINITY_BEAM) -> list[tuple[float, tuple[str, ...]]]:
+    """The ``k`` groupings of lowest total cost (the sum over tasks of ``costs(group)[task]``), best first.
+
+    Exact (:func:`best_partitions` over every allowed subset) up to :data:`EXACT_TASKS` tasks while the
+    subsets number at most :data:`MAX_CANDIDATE_GROUPS` (beyond, the exact search's bound is too weak
+    even with small groups only: 30 tasks in pairs ran for minutes); otherwise a beam search over
+    partitions built one task at a time, which asks ``costs`` only for the groups its partial partitions
+    hold (``beam * k`` of them are kept per step) and never lists the subsets. Deterministic: the same
+    costs give the same groupings and the same questions.
+    """
+    largest = len(tasks) if max_group_size is None else min(max_group_size, len(tasks))
+    if len(tasks) > EXACT_TASKS or subsets_up_to(len(tasks), largest) > MAX_CANDIDATE_GROUPS:
+        return _beam_partitions(tasks, costs, k, width=beam * k, largest=largest, max_groups=max_groups)
+    table = {g: costs(g) for g in (group_id(c) for size in range(1, largest + 1)
+                                   for c in itertools.combinations(tasks, size))}
+    return best_partitions(tasks, table, k, max_groups=max_groups)
 
 
 def top_affinity_groupings(
     tasks: Sequence[str], affinity: np.ndarray, k: int, *, max_group_size: int | None = None,
     max_groups: int | None = None,
 ) -> list[tuple[float, tuple[str, ...]]]:
-    """The ``k`` groupings with the highest mean affinity onto each task, best first.
-
-    Exact (:func:`best_partitions` over every allowed subset) up to :data:`EXACT_TASKS` tasks; beyond,
-    a beam search over partitions built one task at a time (:func:`_affinity_beam`), which never lists
-    the subsets (the exact search's bound is too weak there even with small groups only).
-    """
-    largest = len(tasks) if max_group_size is None else min(max_group_size, len(tasks))
-    if len(tasks) > EXACT_TASKS:
-        return _affinity_beam(tasks, affinity, k, largest=largest, max_groups=max_groups)
-    groups = [group_id(c) for size in range(1, largest + 1) for c in itertools.combinations(tasks, size)]
-    # best_partitions minimises, so the cost of a task is minus its affinity.
-    costs = {g: {t: -v for t, v in affinity_onto(tasks, affinity, g).items()} for g in groups}
-    return [(-cost / len(tasks), partition)
-            for cost, partition in best_partitions(tasks, costs, k, max_groups=max_groups)]
+    """The ``k`` groupings with the highest mean affinity onto each task (:func:`affinity_onto`), best first,
+    with that mean as the score (:func:`top_groupings` minimises minus the affinity)."""
+    ranked = top_groupings(tasks, lambda g: {t: -v for t, v in affinity_onto(tasks, affinity, g).items()}, k,
+                           max_group_size=max_group_size, max_groups=max_groups)
+    return [(-cost / len(tasks), partition) for cost, partition in ranked]
 
 
-def _grouping_affinity(affinity: np.ndarray, partition: Sequence[Sequence[int]]) -> float:
-    """A partition's (of task indices) affinity: the mean over tasks of :func:`_mean_onto`."""
-    return float(sum(_mean_onto(affinity, members).sum() for members in partition)) / sum(map(len, partition))
+def _beam_partitions(tasks: Sequence[str], costs: GroupCosts, k: int, *, width: int, largest: int,
+                     max_groups: int | None) -> list[tuple[float, tuple[str, ...]]]:
+    """Beam search for the ``k`` groupings of lowest cost: tasks join in turn, each into one of the partial
+    grouping's groups (with room) or a new group (if allowed); the ``width`` partial groupings of lowest
+    cost so far (their tasks' costs in their groups as they stand) are kept. Heuristic and deterministic;
+    it holds at most the beam's partitions and the costs of the groups it asked about."""
+    known: dict[tuple[int, ...], float] = {}
 
+    def cost_of(members: tuple[int, ...]) -> float:
+        if members not in known:
+            known[members] = float(sum(costs(group_id(tasks[i] for i in members)).values()))
+        return known[members]
 
-def _affinity_beam(tasks: Sequence[str], affinity: np.ndarray, k: int, *, largest: int,
-                   max_groups: int | None) -> list[tuple[float, tuple[str, ...]]]:
-    """Beam search for the ``k`` groupings of highest affinity: tasks join in turn, each into one of the
-    partial grouping's groups (with room) or a new group (if allowed); the ``AFFINITY_BEAM * k`` partial
-    groupings with the highest affinity so far are kept. Heuristic, deterministic, and it holds at most
-    the beam's partitions, never the subsets."""
-    width = AFFINITY_BEAM * k
     beam: list[tuple[tuple[int, ...], ...]] = [()]
+    scored: list[tuple[float, tuple[tuple[int, ...], ...]]] = []
     for task in range(len(tasks)):
         children = set()
         for partition in beam:
@@ -293,11 +357,10 @@ def _affinity_beam(tasks: Sequence[str], affinity: np.ndarray, k: int, *, larges
                     children.add(tuple(sorted(grown)))
             if max_groups is None or len(partition) < max_groups:
                 children.add(tuple(sorted((*partition, (task,)))))
-        scored = sorted((-_grouping_affinity(affinity, p), p) for p in children)[:width]
+        scored = sorted((sum(cost_of(members) for members in p), p) for p in children)[:width]
         beam = [p for _, p in scored]
-    ranked = [(-negative, tuple(sorted(group_id(tasks[i] for i in members) for members in p)))
-              for negative, p in scored]
-    return sorted(ranked, key=lambda item: (-item[0], item[1]))[:k]
+    ranked = [(cost, tuple(sorted(group_id(tasks[i] for i in members) for members in p))) for cost, p in scored]
+    return sorted(ranked, key=lambda item: (item[0], grouping_id(item[1])))[:k]
 
 
 # --------------------------------------------------------------------------- partitions
@@ -340,8 +403,9 @@ def best_partitions(
     A partition's cost is the sum over tasks of the task's cost in its group,
     ``costs[group][task]``; only groups in ``costs`` may be used. Branch and bound:
     groups are added for the earliest unassigned task, cheapest first, and a branch
-    is cut when its cost so far plus each remaining task's cheapest possible cost
-    (a lower bound on any completion) cannot beat the n-th best partition found.
+    is cut when its cost so far plus each remaining task's cheapest cost in a group
+    that fits the remaining tasks (a lower bound on any completion, kept per set of
+    remaining tasks) cannot beat the n-th best partition found.
     Ties break on the canonical grouping id, so the result is deterministic.
 
     Args:
@@ -352,26 +416,41 @@ def best_partitions(
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, but got {n=}.")
-    order = {task: i for i, task in enumerate(tasks)}
-    by_first: dict[str, list[tuple[float, frozenset[str], str]]] = {task: [] for task in tasks}
+    bit = {task: 1 << i for i, task in enumerate(tasks)}
+    # Tasks and groups as bit masks; per task, the usable groups that hold it: the ones it is the
+    # earliest task of (to branch on, cheapest total first) and all of them (for the bound, cheapest for it first).
+    by_first: list[list[tuple[float, int, str]]] = [[] for _ in tasks]
+    holding: list[list[tuple[float, int]]] = [[] for _ in tasks]
     for group, per_task in costs.items():
-        members = frozenset(group_tasks(group))
-        if not members <= order.keys():
+        members = group_tasks(group)
+        if not all(t in bit for t in members):
             continue
-        first = min(members, key=order.__getitem__)
-        by_first[first].append((float(sum(per_task[t] for t in members)), members, group))
-    for options in by_first.values():
-        options.sort(key=lambda option: (option[0], option[2]))
-    # The cheapest a task can possibly cost, over every usable group that holds it.
-    floor = {task: min((costs[g][task] for g in costs if task in group_tasks(g) and
-                        set(group_tasks(g)) <= order.keys()), default=np.inf) for task in tasks}
+        mask = sum(bit[t] for t in set(members))
+        by_first[(mask & -mask).bit_length() - 1].append((float(sum(per_task[t] for t in members)), mask, group))
+        for t in members:
+            holding[bit[t].bit_length() - 1].append((float(per_task[t]), mask))
+    for options in (*by_first, *holding):
+        options.sort(key=lambda option: option[:2] if len(option) == 2 else (option[0], option[2]))
+    bounds: dict[int, float] = {}
+
+    def bound(remaining: int) -> float:
+        """A lower bound on completing ``remaining``: each task at its cheapest in a group inside it
+        (infinite when a task has none, so an impossible branch is cut at once)."""
+        if remaining not in bounds:
+            total, rest = 0.0, remaining
+            while rest:
+                low = rest & -rest
+                rest ^= low
+                total += next((c for c, mask in holding[low.bit_length() - 1] if mask & ~remaining == 0), np.inf)
+            bounds[remaining] = total
+        return bounds[remaining]
 
     best: list[tuple[float, str, tuple[str, ...]]] = []  # sorted (cost, grouping id, partition), at most n
 
     def worst() -> float:
         return best[-1][0] if len(best) == n else np.inf
 
-    def extend(remaining: frozenset[str], chosen: list[str], cost: float) -> None:
+    def extend(remaining: int, chosen: list[str], cost: float) -> None:
         if not remaining:
             partition = tuple(sorted(chosen))
             bisect.insort(best, (cost, grouping_id(partition), partition))
@@ -379,18 +458,17 @@ def best_partitions(
             return
         if max_groups is not None and len(chosen) >= max_groups:
             return
-        first = min(remaining, key=order.__getitem__)
-        for group_cost, members, group in by_first[first]:
-            if not members <= remaining:
+        for group_cost, members, group in by_first[(remaining & -remaining).bit_length() - 1]:
+            if members & ~remaining:
                 continue
-            rest = remaining - members
-            if cost + group_cost + sum(floor[t] for t in rest) > worst():
+            rest = remaining & ~members
+            if cost + group_cost + bound(rest) > worst():
                 continue
             chosen.append(group)
             extend(rest, chosen, cost + group_cost)
             chosen.pop()
 
-    extend(frozenset(tasks), [], 0.0)
+    extend((1 << len(tasks)) - 1, [], 0.0)
     return [(cost, partition) for cost, _, partition in best]
 
 

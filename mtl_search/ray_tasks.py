@@ -1,4 +1,4 @@
-"""Work beside the search that runs as plain Ray tasks: the affinity measurement and confirmation retraining.
+"""Work beside the search that runs as plain Ray tasks: the all-task measuring run and confirmation retraining.
 
 Each task holds one trial's resources (``cpus_per_worker`` CPUs, the resolved GPU
 share) and trains with plain PyTorch (:mod:`mtl_search.affinity`,
@@ -10,15 +10,18 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import ray
 import torch
 
-from mtl_search.affinity import measure_affinity
+from mtl_search.affinity import run_all_tasks
 from mtl_search.config import ExperimentSpec
 from mtl_search.data import PreparedData
+from mtl_search.estimate import GroupLossEstimator
+from mtl_search.grouping import CandidateStrategy
 from mtl_search.progress import clock
 from mtl_search.ray_train import DataRef, trial_device
 from mtl_search.train import fit
@@ -28,12 +31,30 @@ from mtl_search.trial import TrialParams, TrialSettings
 Job = tuple[tuple[str, ...], dict[str, Any], int]
 
 
-def affinity_task(data: DataRef, params: TrialParams, settings: TrialSettings, every: int) -> np.ndarray:
-    """Ray task body: the all-task affinity measurement, with a trial's threads and device."""
+@dataclass
+class Measurements:
+    """What the all-task run measured: the affinity matrix and, for a strategy that estimates group losses,
+    the estimate of every group its proposal asked about (group -> task -> estimated validation nloss)."""
+
+    affinity: np.ndarray
+    estimates: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def measure_task(data: DataRef, params: TrialParams, settings: TrialSettings, every: int,
+                 strategy: CandidateStrategy) -> Measurements:
+    """Ray task body: the all-task run with a trial's threads and device; affinity, and estimates if
+    ``strategy`` needs them (its proposal runs here, next to the network, asking for the groups it reaches)."""
     torch.set_num_threads(settings.threads)
     prepared = data.get()
-    return measure_affinity(prepared, list(prepared.tasks), params, device=trial_device(settings), seed=settings.seed,
-                            every=every)
+    tasks = list(prepared.tasks)
+    device = trial_device(settings)
+    run = run_all_tasks(prepared, tasks, params, device=device, seed=settings.seed, every=every)
+    if not strategy.needs_estimates:
+        return Measurements(run.affinity)
+    estimator = GroupLossEstimator(run.model, prepared.encoded(params.numeric_encoding), tasks, device=device,
+                                   seed=settings.seed)
+    strategy.propose(tasks, run.affinity, estimator)
+    return Measurements(run.affinity, estimator.estimates)
 
 
 def confirm_task(data: DataRef, groups: tuple[str, ...], config: dict[str, Any], seed: int,
@@ -49,18 +70,21 @@ def _remote(function: Callable[..., Any], settings: TrialSettings) -> Any:
     return ray.remote(function).options(num_cpus=settings.cpus_per_worker, num_gpus=settings.gpus_per_worker)
 
 
-def run_affinity(spec: ExperimentSpec, data: PreparedData, settings: TrialSettings, *,
-                 echo: Callable[[str], None] = print) -> np.ndarray:
-    """Measure inter-task affinity in one all-task run (a Ray task); the ``T x T`` matrix."""
+def run_measurements(spec: ExperimentSpec, data: PreparedData, settings: TrialSettings, *,
+                     echo: Callable[[str], None] = print) -> Measurements:
+    """Measure inter-task affinity in one all-task run (a Ray task), and estimate group losses from it when the
+    spec's strategy needs them."""
     epochs = spec.grouping.affinity.epochs or spec.space.max_epochs
     params = TrialParams.from_config({**spec.space.defaults(), "weighting": "equal", "epochs": epochs})
     echo(f"affinity: one all-task network ({params.depth} x {params.width}, every layer shared), {epochs} epochs, "
          f"lookahead every {spec.grouping.affinity.every} step(s)")
     started = time.time()
-    affinity = ray.get(_remote(affinity_task, settings).remote(DataRef(ray.put(data)), params, settings,
-                                                               spec.grouping.affinity.every))
-    echo(f"affinity: measured in {time.time() - started:.1f} s")
-    return affinity
+    strategy = spec.grouping.strategy()
+    measured = ray.get(_remote(measure_task, settings).remote(DataRef(ray.put(data)), params, settings,
+                                                              spec.grouping.affinity.every, strategy))
+    estimated = f"; {len(measured.estimates)} groups' losses estimated" if strategy.needs_estimates else ""
+    echo(f"affinity: measured in {time.time() - started:.1f} s{estimated}")
+    return measured
 
 
 def retrain(data: PreparedData, jobs: Sequence[Job], settings: TrialSettings,

@@ -177,7 +177,11 @@ def test_validate_refuses_a_30_task_exhaustive_search_at_once_and_names_the_way_
     assert "max_group_size: 2 (465 groups)" in message and "Traceback" not in message
     spec["grouping"] = {"candidates": "affinity", "top_k": 2}
     assert main(["validate", str(write_spec(spec))]) == 0
-    assert "candidate groups (affinity): the singletons plus the groups of the top 2 groupings" in \
+    assert "candidate groups (affinity): the singletons plus the groups of the top 2 groupings by affinity" in \
+        capsys.readouterr().out
+    spec["grouping"] = {"candidates": "estimate", "top_k": 2}
+    assert main(["validate", str(write_spec(spec))]) == 0
+    assert "the top 2 groupings by estimated loss, chosen after an all-task affinity run (at most 60 groups)" in \
         capsys.readouterr().out
 
 

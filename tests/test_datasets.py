@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mtl_search.datasets import BUILTINS, load_builtin
-from mtl_search.datasets.planted import generate, planted_grouping, task_names
+from mtl_search.datasets.planted import TYPES, generate, planted_grouping, task_names
 from mtl_search.errors import DataError
 
 
@@ -45,6 +45,23 @@ def test_planted_clusters_are_correlated_inside_and_independent_across():
     same = generate(rows=20_000, clusters=1, tasks_per_cluster=4, noise=0.1, missing=0.0, features=16,
                     latent_dim=4).frame
     assert np.corrcoef(same["a0"], same["a3"])[0, 1] > 0.9
+
+
+def test_planted_clusters_of_mixed_sizes_reach_thirty_tasks():
+    sizes = [3, 3, 1]
+    table = generate(sizes=sizes, rows=300, seed=1)
+    assert task_names(sizes=sizes) == [["a0", "a1", "a2"], ["b0", "b1", "b2"], ["c0"]]
+    assert planted_grouping(sizes=sizes) == "a0+a1+a2|b0+b1+b2|c0"
+    kinds = {name: kind for name, (_, kind) in table.tasks.items()}
+    for cluster in ("a", "b"):  # a cluster of three holds one task of each type
+        assert sorted(kind for name, kind in kinds.items() if name[0] == cluster) == sorted(TYPES)
+    assert "3+3+1" in table.description
+    many = generate(sizes=[5, 4, 4, 3, 3, 3, 3, 2, 2, 1], rows=500, missing=0.3, seed=2)
+    assert len(many.tasks) == 30 and 0.2 < many.frame["j0"].isna().mean() < 0.4
+    # Enough features for ten independent latents: twice their units.
+    assert sum(c.startswith("x") for c in many.frame) == max(48, 2 * 10 * 6)
+    with pytest.raises(ValueError, match="sizes must be a list of positive integers"):
+        generate(sizes=[3, 0])
 
 
 def test_planted_missing_labels():

@@ -38,8 +38,11 @@ def test_ids_are_canonical():
 def test_every_strategy_proposes_all_singletons_and_valid_ids(name: str):
     strategy = make_strategy(name)
     assert isinstance(strategy, CandidateStrategy)
-    affinity = np.random.default_rng(0).normal(size=(4, 4)) if strategy.needs_affinity else None
-    groups = strategy.propose(TASKS, affinity)
+    rng = np.random.default_rng(0)
+    affinity = rng.normal(size=(4, 4)) if strategy.needs_affinity else None
+    estimates = {group_id(c): {t: float(rng.random()) for t in c}
+                 for size in range(1, 5) for c in itertools.combinations(TASKS, size)}
+    groups = strategy.propose(TASKS, affinity, estimates if strategy.needs_estimates else None)
     assert len(groups) == len(set(groups))
     assert set(TASKS) <= set(groups)
     for group in groups:
@@ -127,6 +130,38 @@ def test_affinity_strategy_trains_the_groups_of_its_top_groupings():
         make_strategy("affinity").propose(tasks)
 
 
+class CountingCosts(dict):
+    """Planted per-task costs of any group, computed on lookup and counted: a task costs 1 alone, less
+    with each group-mate of its own cluster (cluster = its name's letter) and more with each stranger."""
+
+    def __missing__(self, group: str) -> dict[str, float]:
+        members = group_tasks(group)
+        self[group] = {t: 1.0 - 0.1 * sum(u[0] == t[0] for u in members if u != t)
+                       + 0.2 * sum(u[0] != t[0] for u in members) for t in members}
+        return self[group]
+
+
+def test_estimate_strategy_trains_the_groups_of_the_groupings_with_the_lowest_estimated_loss():
+    tasks = ["a0", "a1", "a2", "b0", "b1", "c0"]
+    estimates = CountingCosts()
+    groups = make_strategy("estimate", top_k=1).propose(tasks, None, estimates)
+    assert groups == [*tasks, "b0+b1", "a0+a1+a2"]  # singletons, then the rest smallest first
+    assert len(estimates) == 2 ** 6 - 1  # within the exact search's reach every subset is estimated
+    with pytest.raises(ValueError, match="estimates must map each group"):
+        make_strategy("estimate").propose(tasks, None)
+    with pytest.raises(ValueError, match=r"no estimated loss for group 'a0'.*estimates.csv"):
+        make_strategy("estimate").propose(tasks, None, {})
+
+
+def test_beyond_ten_tasks_the_estimate_strategy_asks_only_about_the_groups_its_search_reaches():
+    tasks = [f"{letter}{i}" for letter in "abcdefghij" for i in range(3)]  # 30 tasks, 10 clusters of 3
+    estimates = CountingCosts()
+    groups = make_strategy("estimate", top_k=2).propose(tasks, None, estimates)
+    assert {g for g in groups if len(group_tasks(g)) == 3} == {f"{c}0+{c}1+{c}2" for c in "abcdefghij"}
+    assert len(groups) <= 30 + 2 * 15
+    assert len(estimates) < 20_000  # of a billion subsets
+
+
 @pytest.mark.parametrize("n_tasks", [3, 5, 6])
 def test_best_partitions_is_exact(n_tasks: int):
     tasks = [f"t{i}" for i in range(n_tasks)]
@@ -171,16 +206,17 @@ def test_too_many_candidate_groups_are_refused_before_any_is_listed():
 
 
 def test_beyond_ten_tasks_affinity_groupings_come_from_a_beam_search_that_agrees_with_the_exact_one():
-    from mtl_search.grouping import _affinity_beam
+    from mtl_search.grouping import _beam_partitions
 
     rng = np.random.default_rng(0)
+    tasks = [f"t{i}" for i in range(7)]
     for _ in range(10):  # where both run, the beam finds the exact search's best grouping and score
-        tasks = [f"t{i}" for i in range(7)]
         matrix = rng.normal(0.0, 0.1, (7, 7))
         matrix[rng.random((7, 7)) < 0.1] = np.nan  # unmeasured pairs count as the exact search counts them
         exact = top_affinity_groupings(tasks, matrix, 3)
-        beam = _affinity_beam(tasks, matrix, 3, largest=7, max_groups=None)
-        assert beam[0][1] == exact[0][1] and beam[0][0] == pytest.approx(exact[0][0])
+        beam = _beam_partitions(tasks, lambda g, m=matrix: {t: -v for t, v in affinity_onto(tasks, m, g).items()},
+                                3, width=64 * 3, largest=7, max_groups=None)
+        assert beam[0][1] == exact[0][1] and -beam[0][0] / 7 == pytest.approx(exact[0][0])
     # 30 tasks in 10 clusters of 3 (a billion subsets): the beam recovers the clusters.
     tasks = [f"t{i:02d}" for i in range(30)]
     cluster = np.repeat(np.arange(10), 3)

@@ -9,6 +9,7 @@ among all 15 groupings.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -85,3 +86,21 @@ def test_exhaustive_and_pairs_find_the_planted_grouping(ray_local, tmp_path: Pat
     assert result.leaderboard.loc[0, "grouping"] == PLANTED_2X3
     if strategy == "pairs":  # the planted triples were never trained: their losses are estimated from pairs
         assert bool(result.leaderboard.loc[0, "estimated"])
+
+
+def test_estimate_finds_the_planted_grouping_and_its_estimates_replay_on_resume(ray_local, tmp_path: Path):
+    from mtl_search.experiment import read_measurements
+
+    spec = spec_from_dict(planted_2x3_spec(tmp_path, "estimate", seed=1))
+    result = run_experiment(spec, echo=lambda line: None)
+    trained = set(result.trials["group"])
+    assert len(trained) <= 6 + 5 * 3  # singletons and at most three groups per proposed grouping
+    assert result.leaderboard.loc[0, "grouping"] == PLANTED_2X3
+    assert not result.leaderboard["estimated"].astype(bool).any()  # estimates choose; only training ranks
+    info = json.loads((result.result_dir / "run.json").read_text())
+    assert -1.0 <= info["estimate_rank_correlation"] <= 1.0
+    # estimates.csv holds every group the proposal asked about, so a resumed run proposes the same groups.
+    measured = read_measurements(result.result_dir, with_estimates=True)
+    assert measured is not None and len(measured.estimates) == 2**6 - 1
+    tasks = ["a0", "a1", "a2", "b0", "b1", "b2"]
+    assert set(spec.grouping.strategy().propose(tasks, measured.affinity, measured.estimates)) == trained

@@ -19,15 +19,17 @@ The planted structure lives in the features as generated: searches meant to reco
 ``space.numeric_encoding: standard`` (the periodic default re-describes each number with sines and
 cosines, and the 8-unit bottleneck was measured on the plain features).
 
-Task names are a cluster letter and an index: ``a0, a1, b0, b1``. Types cycle
-through regression, binary and multiclass (3 ordered classes) across all
-tasks, so every cluster of two or more tasks mixes types. The grouping that
-matches the clusters is ``a0+a1|b0+b1`` (see :func:`planted_grouping`).
+Clusters may differ in size (``sizes: [3, 3, 1]`` plants two clusters of three and one task that
+shares with nobody). Task names are a cluster letter and an index: ``a0, a1, b0, b1``. Types cycle
+through regression, binary and multiclass (3 ordered classes) across all tasks, so every cluster of
+two or more tasks mixes types, and a cluster of three holds one of each. The grouping that matches the
+clusters is ``a0+a1|b0+b1`` (see :func:`planted_grouping`).
 """
 
 from __future__ import annotations
 
 import string
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -38,14 +40,20 @@ from mtl_search.grouping import group_id, grouping_id
 TYPES = ("regression", "binary", "multiclass")
 
 
-def task_names(clusters: int, tasks_per_cluster: int) -> list[list[str]]:
+def cluster_sizes(clusters: int = 2, tasks_per_cluster: int = 2, sizes: Sequence[int] | None = None) -> list[int]:
+    """The tasks of each cluster: ``sizes`` when given, else ``clusters`` clusters of ``tasks_per_cluster``."""
+    return list(sizes) if sizes is not None else [tasks_per_cluster] * clusters
+
+
+def task_names(clusters: int = 2, tasks_per_cluster: int = 2, sizes: Sequence[int] | None = None) -> list[list[str]]:
     """Task names per cluster: ``[["a0", "a1"], ["b0", "b1"]]``."""
-    return [[f"{string.ascii_lowercase[k]}{j}" for j in range(tasks_per_cluster)] for k in range(clusters)]
+    return [[f"{string.ascii_lowercase[k]}{j}" for j in range(size)]
+            for k, size in enumerate(cluster_sizes(clusters, tasks_per_cluster, sizes))]
 
 
-def planted_grouping(clusters: int, tasks_per_cluster: int) -> str:
+def planted_grouping(clusters: int = 2, tasks_per_cluster: int = 2, sizes: Sequence[int] | None = None) -> str:
     """The grouping id that matches the planted clusters."""
-    return grouping_id(group_id(names) for names in task_names(clusters, tasks_per_cluster))
+    return grouping_id(group_id(names) for names in task_names(clusters, tasks_per_cluster, sizes))
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:
@@ -56,8 +64,9 @@ def generate(
     *,
     clusters: int = 2,
     tasks_per_cluster: int = 2,
+    sizes: Sequence[int] | None = None,
     rows: int = 4000,
-    features: int = 48,
+    features: int | None = None,
     latent_dim: int = 6,
     noise: float = 0.3,
     correlation: float = 1.0,
@@ -69,8 +78,11 @@ def generate(
     Args:
         clusters: number of independent task clusters (at most 26).
         tasks_per_cluster: tasks reading out each cluster's latent.
+        sizes: the tasks of each cluster, when they differ (replaces ``clusters`` and ``tasks_per_cluster``;
+            a cluster of one is a task that shares with nobody).
         rows: table rows.
-        features: standard-normal input columns ``x0 .. x{features-1}``.
+        features: standard-normal input columns ``x0 .. x{features-1}`` (default: 48, or twice the
+            clusters' latent units when that is more).
         latent_dim: ReLU units in each cluster's latent ``u_k``.
         noise: standard deviation of the noise added to each standardised readout.
         correlation: cosine between the readout directions of two tasks in one cluster
@@ -78,8 +90,14 @@ def generate(
         missing: fraction of each task's labels removed at random (rows stay).
         seed: random seed; the same arguments give the same table.
     """
+    if sizes is not None:
+        if isinstance(sizes, str) or not all(isinstance(size, int) and size >= 1 for size in sizes):
+            raise ValueError(f"sizes must be a list of positive integers, but got {sizes=}.")
+        clusters = len(sizes)
     if not 1 <= clusters <= 26:
         raise ValueError(f"clusters must be in [1, 26], but got {clusters=}.")
+    if features is None:
+        features = max(48, 2 * clusters * latent_dim) if isinstance(latent_dim, int) else 48
     if features < clusters * latent_dim:
         raise ValueError(f"features must be >= clusters * latent_dim = {clusters * latent_dim} so the clusters' "
                          f"latents can be independent, but got {features=}.")
@@ -102,7 +120,7 @@ def generate(
     projections, _ = np.linalg.qr(rng.standard_normal((features, clusters * latent_dim)))
     tasks: dict[str, tuple[str, str]] = {}
     index = 0
-    for k, names in enumerate(task_names(clusters, tasks_per_cluster)):
+    for k, names in enumerate(task_names(clusters, tasks_per_cluster, sizes)):
         latent = np.maximum(x @ projections[:, k * latent_dim:(k + 1) * latent_dim], 0.0)
         shared = _unit(rng.standard_normal(latent_dim))
         for name in names:
@@ -128,8 +146,9 @@ def generate(
     for name, (_, kind) in tasks.items():
         if kind != "regression" and missing == 0:
             frame[name] = frame[name].astype(np.int64)
+    shape = f"{clusters} x {tasks_per_cluster}" if sizes is None else "+".join(map(str, sizes))
     return BuiltinTable(
         frame=frame,
         tasks=tasks,
-        description=f"planted clusters: {clusters} x {tasks_per_cluster} tasks, {rows} rows, seed {seed}",
+        description=f"planted clusters: {shape} tasks, {rows} rows, seed {seed}",
     )
