@@ -43,6 +43,29 @@ def grouping_groups(grouping: str) -> tuple[str, ...]:
     return tuple(grouping.split(GROUPING_SEP))
 
 
+#: The longest grouping id a table prints whole (see :func:`compact_grouping`).
+GROUPING_WIDTH = 60
+
+
+def compact_grouping(grouping: str, width: int = GROUPING_WIDTH, *, reference: str | None = None) -> str:
+    """A grouping id for a table cell, at most ``width`` characters: whole when it fits; else, beside a
+    ``reference`` grouping (the rank-1 row), the groups it has that the reference lacks (``#1 but
+    a0+a1|a2``); else its shared groups, largest first, and how many tasks are alone
+    (``a0+a1+a2|b0+b1 (+7 alone)``), cut with ``…``. Files keep the full id."""
+    if len(grouping) <= width:
+        return grouping
+    groups = grouping_groups(grouping)
+    if reference is not None and reference != grouping:
+        mine = sorted(set(groups) - set(grouping_groups(reference)), key=lambda g: (-len(group_tasks(g)), g))
+        text = "#1 but " + GROUPING_SEP.join(mine)
+        if len(text) <= width:
+            return text
+    shared = sorted((g for g in groups if GROUP_SEP in g), key=lambda g: (-len(group_tasks(g)), g))
+    alone = len(groups) - len(shared)
+    text = GROUPING_SEP.join(shared) + (f" (+{alone} alone)" if alone else "") if shared else f"all {alone} alone"
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
 # --------------------------------------------------------------------------- candidates
 
 #: Per-task values of groups: group id -> task -> value (e.g. normalised validation loss).

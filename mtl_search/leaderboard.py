@@ -21,7 +21,15 @@ import numpy as np
 import pandas as pd
 
 from mtl_search.config import HYPERPARAMETERS
-from mtl_search.grouping import EXACT_TASKS, best_partitions, group_id, group_tasks, grouping_groups, grouping_id
+from mtl_search.grouping import (
+    EXACT_TASKS,
+    best_partitions,
+    compact_grouping,
+    group_id,
+    group_tasks,
+    grouping_groups,
+    grouping_id,
+)
 from mtl_search.results import (
     NLOSS,
     OK_STATUSES,
@@ -293,10 +301,14 @@ def format_top(board: pd.DataFrame, n: int = 5) -> str:
     shown = pd.concat([ranked.head(n), board[is_baseline]])[["rank", "grouping", "n_groups", "valid_score", "score",
                                                                "delta_vs_single_task_pct", "params"]].copy()
     shown["rank"] = shown["rank"].map(lambda r: "-" if pd.isna(r) else str(int(r)))
+    first = str(ranked["grouping"].iloc[0])
+    shown["grouping"] = [g if r == "-" else compact_grouping(str(g), reference=first)
+                         for g, r in zip(shown["grouping"], shown["rank"], strict=True)]
     shown["params"] = shown["params"].map(lambda p: "-" if pd.isna(p) else f"{int(p):,}")
     shown["delta_vs_single_task_pct"] = shown["delta_vs_single_task_pct"].map(lambda d: f"{d:+.2f}")
     shown = shown.rename(columns={"score": "test_score", "delta_vs_single_task_pct": "vs_single_%"})
-    return shown.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+    text = shown.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+    return text if shown["grouping"].iloc[0] == first else f"{text}\n#1 in full: {first}"
 
 
 def confirm_table(

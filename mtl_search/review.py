@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from mtl_search.errors import UserError
-from mtl_search.grouping import group_tasks, grouping_groups
+from mtl_search.grouping import compact_grouping, group_tasks, grouping_groups
 from mtl_search.leaderboard import LEADERBOARD_LIMIT, rank_groupings
 from mtl_search.metrics import PRIMARY_METRIC
 from mtl_search.results import NLOSS, TEST, VALID, Results, as_float, column, load_results, parse_column, truthy
@@ -31,6 +31,8 @@ from mtl_search.tables import Style, Table, format_number, format_percent
 
 #: ``--by`` names of the mean normalised loss over all tasks (the leaderboard's own ranking).
 SCORE_KEYS = ("score", "mean", "valid_score")
+#: The most tasks whose test metrics a leaderboard table shows one column each.
+TASK_COLUMNS = 8
 #: Weight of the mean normalised validation loss in a per-task ranking cost: it only breaks ties
 #: between groupings that serve the ranked task with the same network.
 _TIE_BREAK = 1e-9
@@ -217,13 +219,18 @@ def _grouping_table_rows(results: Results, board: pd.DataFrame, key_column: str,
                          references: pd.DataFrame) -> tuple[list[str], list[list[str]], list[bool], int | None]:
     """Headers, cells and alignment of a leaderboard table: validation key, then test numbers."""
     headline = results.headline
+    if len(headline) > TASK_COLUMNS:  # one column per task stops being readable: keep the ranked task's only
+        keyed = parse_column(key_column, results.tasks)
+        headline = {keyed[1]: headline[keyed[1]]} if keyed is not None else {}
     show_params = results.cost == "params" or "params" in board
     headers = ["rank", "grouping", "networks", *(["params"] if show_params else []),
                _key_header(key_column, results), "score", "vs single", *[f"{t} {m}" for t, m in headline.items()]]
     rows = []
+    first = str(board["grouping"].iloc[0]) if len(board) else None
     for frame, is_reference in ((board, False), (references, True)):
         for _, row in frame.iterrows():
-            grouping = str(row["grouping"])
+            grouping = str(row["grouping"]) if is_reference else compact_grouping(str(row["grouping"]),
+                                                                                   reference=first)
             if str(row.get("estimated", "")).strip().lower() == "true":
                 grouping += " *"
             cells = ["ref" if is_reference else str(int(row["rank"])), grouping,
@@ -262,6 +269,11 @@ def leaderboard_table(ranking: Ranking, *, top: int = 10) -> Table:
         "(lower is better); vs single = score relative to one network per task.",
     ]
     notes = list(ranking.notes)
+    if len(shown) and rows[0][1].removesuffix(" *") != str(shown["grouping"].iloc[0]):
+        notes.append(f"#1 in full: {shown['grouping'].iloc[0]}")
+    if len(results.tasks) > TASK_COLUMNS:
+        notes.append(f"{len(results.tasks)} tasks: the per-task test metrics are in leaderboard.csv (or --csv); "
+                     "--by TASK ranks by one task and shows its column")
     if any(r[1].endswith(" *") for r in rows):
         notes.append("* some group's losses are estimated from pairs (pairs strategy), not trained")
     if reference_start is not None:

@@ -44,3 +44,13 @@ def test_backbones_benchmark_scores_every_variant_under_one_configuration():
     for row in rows:
         valid, test, singles = (float(value) for value in row.split(" | ")[-3:])
         assert 0 < valid < 2 and 0 < test < 2 and 0 < singles < 2
+
+
+def test_ranking_benchmark_finds_the_top_groupings_it_asks_for():
+    done = subprocess.run([sys.executable, str(SCRIPT.parent / "ranking.py"), "--tasks", "8", "--groups", "40",
+                           "--top", "10", "--seeds", "1"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("8 | 40 | 10 | ")]
+    assert [row[3] for row in rows] == ["structured", "noise"] and all(row[-1] == "10" for row in rows)
+    asked = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith(("12 | 3", "30 | 3"))]
+    assert len(asked) == 2 and 0 < int(asked[0][3]) < int(asked[1][3]) < 20_000

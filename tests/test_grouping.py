@@ -227,3 +227,19 @@ def test_beyond_ten_tasks_affinity_groupings_come_from_a_beam_search_that_agrees
     assert len(groups) <= 30 + 2 * 10 and all(len(group_tasks(g)) <= 30 for g in groups)
     limited = top_affinity_groupings(tasks, matrix, 1, max_group_size=2, max_groups=20)
     assert all(len(group_tasks(g)) <= 2 for g in limited[0][1]) and len(limited[0][1]) <= 20
+
+
+def test_long_groupings_are_compacted_for_tables_only():
+    from mtl_search.grouping import compact_grouping
+
+    assert compact_grouping("a+b|c") == "a+b|c"
+    tasks = [f"t{i:02d}" for i in range(30)]
+    singles = grouping_id(tasks)
+    assert compact_grouping(singles) == "all 30 alone"
+    two = grouping_id(["t00+t01+t02", "t03+t04", *tasks[5:]])
+    assert compact_grouping(two) == "t00+t01+t02|t03+t04 (+25 alone)"
+    best = grouping_id(group_id(tasks[i:i + 3]) for i in range(0, 30, 3))
+    cut = compact_grouping(best, 40)
+    assert len(cut) == 40 and cut.endswith("…") and cut.startswith("t00+t01+t02|")
+    other = grouping_id([*(group_id(tasks[i:i + 3]) for i in range(0, 27, 3)), "t27+t28", "t29"])
+    assert compact_grouping(other, 40, reference=best) == "#1 but t27+t28|t29"

@@ -347,3 +347,82 @@ def test_compare_csv_and_bad_input(tmp_path: Path, capsys):
     assert frame.groupby("experiment")["rank"].count().tolist() == [1, 1]
     assert cli.main(["compare", str(first), str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- at scale: 30 tasks
+
+
+def make_many_task_dir(root: Path, count: int = 30) -> tuple[Path, list[str]]:
+    """A result directory of ``count`` tasks in clusters of three (kinds cycling): singletons, the cluster
+    triples and one pair per cluster trained; the affinity matrix in a shuffled task order."""
+    kinds = ("regression", "binary", "multiclass")
+    tasks = [f"t{i:02d}" for i in range(count)]
+    types = {t: kinds[i % 3] for i, t in enumerate(tasks)}
+    clusters = [tasks[i:i + 3] for i in range(0, count, 3)]
+    groups = [[t] for t in tasks] + clusters + [c[:2] for c in clusters]
+    rows = []
+    for members in groups:
+        shared = len(members) > 1
+        valid = {t: 0.5 - 0.05 * len(members) + 0.01 * (int(t[1:]) % 7) for t in members}
+        row = {"group": "+".join(members), "n_tasks": len(members), "estimated": False, "trials": 1,
+               "trials_failed": 0, "best_trial": "x", "valid_score": float(np.mean(list(valid.values()))),
+               "test_score": float(np.mean(list(valid.values()))) + 0.01, "params": 1000.0 * (1 + shared),
+               "depth": 1, "sharing_depth": 1, "width": 8, "weighting": "equal"}
+        for t in members:
+            metric = METRIC[types[t]]
+            row |= {f"valid_{t}_nloss": valid[t], f"test_{t}_nloss": valid[t] + 0.01,
+                    f"valid_{t}_{metric}": 1 - valid[t] / 2, f"test_{t}_{metric}": 1 - (valid[t] + 0.01) / 2}
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    path = root / "many"
+    path.mkdir(parents=True)
+    frame.to_csv(path / "groups.csv", index=False)
+    board = rank_groupings(frame, types)
+    board["baseline"] = False
+    board.to_csv(path / "leaderboard.csv", index=False)
+    config = {"name": "many", "seed": 0,
+              "data": {"source": "builtin:planted", "tasks": {t: {"column": t, "type": k} for t, k in types.items()},
+                       "split": {"valid": 0.15, "test": 0.15}},
+              "grouping": {"candidates": "affinity", "max_groups": None, "cost": "networks"}}
+    (path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    rng = np.random.default_rng(0)
+    cluster = np.arange(count) // 3
+    matrix = 0.4 * (cluster[:, None] == cluster[None, :]) + rng.normal(0.0, 0.03, (count, count))
+    order = rng.permutation(count)
+    shuffled = [tasks[i] for i in order]
+    pd.DataFrame(matrix[np.ix_(order, order)], index=pd.Index(shuffled, name="source"),
+                 columns=shuffled).to_csv(path / "affinity.csv")
+    return path, tasks
+
+
+def test_thirty_tasks_leaderboard_stays_readable_and_reranks_by_a_task(tmp_path: Path):
+    path, tasks = make_many_task_dir(tmp_path)
+    text = show_leaderboard(path, top=5)
+    lines = text.splitlines()
+    assert "top 5 of" in text and "30 tasks" in text
+    assert "per-task test metrics are in leaderboard.csv" in text
+    assert max(len(line) for line in lines) < 200  # not 30 metric columns, not a 300-character grouping
+    first = pd.read_csv(path / "leaderboard.csv").loc[0, "grouping"]
+    assert "t00+t01+t02" in first and len(first) > 60
+    assert "#1 but t27+t28|t29" in text and f"#1 in full: {first}" in text  # later rows: what differs from #1
+    by = show_leaderboard(path, top=3, by="t07")
+    assert "ranked by the auc of t07" in by and by.count("t07 auc") == 2  # its validation and test columns
+    assert show_leaderboard(path, top=3, style="csv").count("\n") >= 3  # files keep every column
+
+
+def test_the_affinity_heatmap_orders_thirty_tasks_by_cluster(tmp_path: Path):
+    from mtl_search.plots import affinity_order, plot_affinity
+
+    path, tasks = make_many_task_dir(tmp_path)
+    matrix = pd.read_csv(path / "affinity.csv", index_col=0)
+    order = affinity_order(matrix)
+    assert sorted(order) == tasks
+    blocks = [{int(t[1:]) // 3 for t in order[i:i + 3]} for i in range(0, 30, 3)]
+    assert all(len(block) == 1 for block in blocks), order  # each cluster's three tasks side by side
+    matrix.iloc[0, 1] = matrix.iloc[1, 0] = np.nan  # an unmeasured pair is no obstacle
+    assert sorted(affinity_order(matrix)) == tasks
+    png = plot_affinity(matrix, tmp_path / "affinity.png")
+    assert png.stat().st_size > 10_000
+    from matplotlib.image import imread
+    height, width = imread(png).shape[:2]
+    assert width <= 13.5 * 120 + 1 and height <= 12 * 120 + 1  # the figure stops growing
