@@ -99,13 +99,13 @@ def measure(dataset: str, strategies: list[str], output: Path) -> list[dict[str,
             "rank1": result.leaderboard.loc[0, "grouping"], "rho_own": "", "rho_all": ""}
         estimates = None
         if strategy == "exhaustive":
-            truth = trained_losses(result.by_group, estimated=False)
+            truth = trained_losses(result.groups, estimated=False)
         elif strategy == "pairs":
-            estimates = trained_losses(result.by_group, estimated=True)
+            estimates = trained_losses(result.groups, estimated=True)
         elif strategy == "estimate":
             measured = read_measurements(result.result_dir, with_estimates=True)
             estimates = measured.estimates if measured is not None else {}
-            row["rho_own"] = round(rank_agreement(estimates, trained_losses(result.by_group, estimated=False)), 2)
+            row["rho_own"] = round(rank_agreement(estimates, trained_losses(result.groups, estimated=False)), 2)
         if estimates is not None and truth is not None:
             row["rho_all"] = round(rank_agreement(estimates, truth), 2)
         print(" | ".join(str(v) for v in row.values()), flush=True)

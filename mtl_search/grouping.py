@@ -316,7 +316,7 @@ def affinity_onto(tasks: Sequence[str], affinity: np.ndarray, group: str) -> dic
 
 #: Beam width per grouping asked for, in :func:`top_groupings` beyond the exact search's reach.
 AFFINITY_BEAM = 64
-#: The same for :class:`Estimate`, whose every new group costs an estimate (~15 ms for 512 weights on 2 cores):
+#: The same for :class:`Estimate`, whose every new group costs an estimate (15-90 ms on 2 cores, by network size):
 #: 12 tasks ask about ~200 groups with ``top_k: 3``.
 ESTIMATE_BEAM = 8
 #: The most tasks whose groupings are ranked exactly (every subset: at most MAX_CANDIDATE_GROUPS).

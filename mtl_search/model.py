@@ -82,6 +82,39 @@ class LinearEnsemble(nn.Module):
         return torch.baddbmm(self.bias[:, None], x, self.weight.transpose(1, 2))
 
 
+def _task_key(task: str) -> str:
+    """The key a task's module or parameter is stored under: ``nn.ModuleDict`` and ``nn.ParameterDict``
+    refuse a key that is also one of their attributes, and ``children``, ``train`` or ``values`` are
+    fair task names."""
+    return f"task_{task}"
+
+
+class TaskModules(nn.ModuleDict):
+    """Modules by task name, any task name (stored under :func:`_task_key`)."""
+
+    def __getitem__(self, task: str) -> nn.Module:
+        return super().__getitem__(_task_key(task))
+
+    def __setitem__(self, task: str, module: nn.Module) -> None:
+        super().__setitem__(_task_key(task), module)
+
+    def __contains__(self, task: object) -> bool:
+        return isinstance(task, str) and super().__contains__(_task_key(task))
+
+
+class TaskParameters(nn.ParameterDict):
+    """Parameters by task name, any task name (stored under :func:`_task_key`)."""
+
+    def __getitem__(self, task: str) -> nn.Parameter:
+        return super().__getitem__(_task_key(task))
+
+    def __setitem__(self, task: str, value: torch.Tensor) -> None:
+        super().__setitem__(_task_key(task), value)
+
+    def __contains__(self, task: object) -> bool:
+        return isinstance(task, str) and super().__contains__(_task_key(task))
+
+
 def _hidden_stack(inputs: int, sizes: Sequence[int], architecture: Architecture, *, first: bool) -> nn.Sequential:
     """``Linear -> ReLU [-> Dropout]`` layers of ``sizes``; ``first``: the stack reads the network's input."""
     layers: list[nn.Module] = []
@@ -125,11 +158,11 @@ class MultiTaskNet(nn.Module):
         trunk_out = width if shared else num_inputs
         branch_out = width if depth > shared else trunk_out
         head_out = architecture.head_sizes[-1] if architecture.head_sizes else branch_out
-        self.branches = nn.ModuleDict(
+        self.branches = TaskModules(
             {task: _hidden_stack(trunk_out, [width] * (depth - shared), architecture, first=not shared)
              for task in outputs}
         )
-        self.heads = nn.ModuleDict(
+        self.heads = TaskModules(
             {
                 task: nn.Sequential(
                     _hidden_stack(branch_out, architecture.head_sizes, architecture, first=False),

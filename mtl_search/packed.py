@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtl_search.model import BatchEnsembleLinear, LinearEnsemble, MultiTaskNet
+from mtl_search.model import BatchEnsembleLinear, LinearEnsemble, MultiTaskNet, TaskParameters
 from mtl_search.trial import Architecture
 
 
@@ -136,7 +136,7 @@ class PackedNet(nn.Module):
                 self.scale_out[name] = nn.Parameter(torch.ones(units, self.members, size))
             fan_in = size
         self._names = [name for name, _, _ in sizes]
-        self.out_weight, self.out_bias = nn.ParameterDict(), nn.ParameterDict()
+        self.out_weight, self.out_bias = TaskParameters(), TaskParameters()
         for task, holding in zip(self.tasks, self._task_sizes, strict=True):
             self.out_weight[task] = nn.Parameter(torch.empty(holding, *ensemble, self.units[task], fan_in))
             self.out_bias[task] = nn.Parameter(torch.empty(holding, *ensemble, self.units[task]))

@@ -83,3 +83,14 @@ def test_unknown_builtin_and_parameter():
     with pytest.raises(DataError, match=r"data.params.colour.*allowed: clusters"):
         load_builtin("planted", {"colour": 1})
     assert set(BUILTINS) == {"census_income", "nhefs", "planted"}
+
+
+def test_the_many_target_census_spec_validates_with_twelve_tasks(capsys):
+    from pathlib import Path
+
+    from mtl_search.cli import main
+
+    spec = Path(__file__).resolve().parent.parent / "search_spaces" / "census_many.yaml"
+    assert main(["validate", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert out.count(" column ") == 12 and "candidate groups (estimate)" in out and "(at most 30 groups)" in out

@@ -83,3 +83,24 @@ def test_rank_agreement_is_the_mean_per_task_spearman_over_trained_groups():
     # A group without an estimate, or with a NaN one, is left out of its tasks' correlations.
     assert rank_agreement({g: v for g, v in trained.items() if g != "a"}, trained) == pytest.approx(1.0)
     assert math.isnan(rank_agreement({**trained, "a": {"a": math.nan}, "a+b": {"a": math.nan}}, trained))
+
+
+@pytest.mark.parametrize(("kind", "units"), [("regression", 1), ("binary", 1), ("multiclass", 4)])
+def test_the_expansion_is_the_gradient_and_hessian_of_the_linearised_loss(kind: str, units: int):
+    from mtl_search.estimate import _expand, _loss
+
+    generator = torch.Generator().manual_seed(0)
+    base, jac = torch.randn(50, units, generator=generator), torch.randn(50, units, 6, generator=generator)
+    y = torch.randint(units if kind == "multiclass" else 2, (50,), generator=generator).float()
+    if kind == "regression":
+        y = torch.randn(50, generator=generator)
+
+    def loss(delta: torch.Tensor) -> torch.Tensor:
+        return _loss(kind, base + jac @ delta, y)
+
+    gradient, curvature = _expand(kind, base, jac, y)
+    origin = torch.zeros(6)
+    assert torch.allclose(gradient, torch.func.grad(loss)(origin), atol=1e-5)
+    assert torch.allclose(curvature, torch.func.hessian(loss)(origin), atol=1e-5)
+    empty = _expand(kind, base[:0], jac[:0], y[:0])
+    assert empty[0].shape == (6,) and empty[1].shape == (6, 6) and not empty[1].any()

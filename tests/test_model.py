@@ -79,3 +79,16 @@ def test_invalid_architecture_is_rejected(bad: dict):
     options = dict(depth=2, sharing_depth=1, width=8) | bad
     with pytest.raises(ValueError, match=next(iter(bad))):
         Architecture(**options)
+
+
+def test_any_task_name_works_even_one_that_is_a_module_attribute():
+    from mtl_search.packed import PackedNet
+
+    outputs = {"children": 1, "train": 3, "values": 1, "keys": 2}  # names nn.ModuleDict/ParameterDict refuse
+    net = MultiTaskNet(5, outputs, Architecture(2, 1, 8, ()))
+    out = net(torch.randn(4, 5))
+    assert {t: tuple(v.shape) for t, v in out.items()} == {"children": (4,), "train": (4, 3), "values": (4,),
+                                                            "keys": (4, 2)}
+    assert "children" in net.heads and "parents" not in net.heads
+    packed = PackedNet(5, [("children", "train"), ("values", "keys")], outputs, Architecture(2, 1, 8, ()))
+    assert packed.out_weight["train"].shape[-2] == 3 and "keys" in packed.out_weight
