@@ -237,7 +237,7 @@ class ConfirmSpec(_Strict):
     """Retrain the networks of the top groupings with fresh seeds and report test metrics."""
 
     top_k: int = Field(3, ge=1)
-    seeds: int = Field(3, ge=1)
+    seeds: int = Field(3, ge=1, le=1000)
 
 
 _AT_LEAST_1 = Interval("int", 1)
@@ -402,7 +402,8 @@ class ExperimentSpec(_Strict):
     """A whole experiment: data, candidate groups, search space, search and resources."""
 
     name: str
-    seed: int = 0
+    #: numpy and scikit-learn take seeds 0 .. 2^32 - 1; confirm adds up to 1,000 (confirm.seeds).
+    seed: int = Field(0, ge=0, le=2**32 - 1 - 1000)
     data: DataSpec
     grouping: GroupingSpec = Field(default_factory=GroupingSpec)
     space: SpaceSpec = Field(default_factory=SpaceSpec)

@@ -32,6 +32,9 @@ PIECEWISE_BINS = 8
 PERIODIC_FREQUENCIES = 8
 PERIODIC_SIGMA = 1.0
 
+#: The largest magnitude a number may have: networks train in float32 (about 3.4e38).
+FLOAT32_LIMIT = float(np.finfo(np.float32).max)
+
 
 class PiecewiseLinear(TransformerMixin, BaseEstimator):
     """Piecewise-linear encoding of numbers (Gorishniy, Rubachev and Babenko, NeurIPS 2022), bins at the
@@ -201,6 +204,10 @@ def encode_target(
         array = numeric.to_numpy(dtype=np.float64)
         if not np.isfinite(array[present]).all():
             raise DataError(f"{where}: holds infinite values; replace them or leave the cells empty")
+        if (np.abs(array[present]) > FLOAT32_LIMIT).any():
+            raise DataError(f"{where}: holds values beyond what float32 holds (|x| > {FLOAT32_LIMIT:.1e}), e.g. "
+                            f"{array[present][np.abs(array[present]) > FLOAT32_LIMIT][0]:g}; rescale the column "
+                            "(e.g. to thousands, or its logarithm)")
         mean = float(np.mean(array[train][present[train]]))
         std = float(np.std(array[train][present[train]]))
         if std == 0:
@@ -297,6 +304,10 @@ def encode_features(
         if np.isinf(values).any():
             raise DataError(f"feature column {column} in {origin} holds infinite values; "
                             "replace them or leave the cells empty")
+        if (np.abs(values[~np.isnan(values)]) > FLOAT32_LIMIT).any():
+            raise DataError(f"feature column {column} in {origin} holds values beyond what float32 holds "
+                            f"(|x| > {FLOAT32_LIMIT:.1e}): its scaled values would overflow; rescale the column "
+                            "(e.g. to thousands, or its logarithm) or drop it (data.drop)")
     cats = frame[categorical].astype("string").astype(object).where(frame[categorical].notna(), MISSING_CATEGORY)
     table = pd.concat([frame[numeric], cats], axis=1)
     transformers = []

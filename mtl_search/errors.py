@@ -31,6 +31,10 @@ class ResultsExistError(UserError):
     """The output directory already holds results and neither overwrite nor resume was asked."""
 
 
+class ResultsLockedError(UserError):
+    """Another live run holds the result directory (its lock file names the host and process)."""
+
+
 class ResultsMissingError(UserError):
     """There are no results where a command expects them (e.g. nothing to resume)."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -114,15 +115,23 @@ def run_experiment(
     if not strategy.needs_affinity:  # check the budget before anything is written
         spec.num_samples(strategy.propose(list(data.tasks)))
     tracking_callbacks(spec, spec.result_dir())  # a missing tracking package fails before anything runs
-    if resume:
-        location = storage.results_to_resume(spec)
-    else:
-        # A URI output (s3://, gs://, file://) is written to a local staging folder and published at the end.
-        location = storage.prepare_results(spec, overwrite=overwrite)
-        storage.atomic_write_text(location.path / storage.CONFIG_FILE, resolved_spec(spec, data).to_yaml())
+    # A URI output (s3://, gs://, file://) is written to a local staging folder and published at the end.
+    location = storage.results_to_resume(spec) if resume else storage.prepare_results(spec, overwrite=overwrite)
     result_dir = location.path
-    echo(data.summary())
-    connect_ray(address, verbose=verbose)
+    try:
+        if not resume:
+            storage.atomic_write_text(result_dir / storage.CONFIG_FILE, resolved_spec(spec, data).to_yaml())
+        echo(data.summary())
+        connect_ray(address, verbose=verbose)
+    except BaseException:  # the run never started: leave the folder as it was
+        if location.replaced is not None:
+            storage.restore_replaced(location)
+        elif not resume:
+            shutil.rmtree(result_dir, ignore_errors=True)  # it holds only what this run just wrote
+        else:
+            storage.unlock_result_dir(result_dir)
+        raise
+    storage.discard_replaced(location)  # the old results --overwrite moved aside: the new run has started
     settings = TrialSettings.from_spec(spec, gpus_per_worker=resolve_gpus(spec),
                                        train_storage=str(result_dir / storage.TRAIN_DIR))
     measured: Measurements | None = None
@@ -161,6 +170,7 @@ def run_experiment(
         _write_run_info(result_dir, spec, plan, trials, wall, estimate_rank_correlation=agreement)
         _draw_plots(result_dir, echo)
     finally:  # after a failure too, so the trials that finished reach shared storage
+        storage.unlock_result_dir(result_dir)
         storage.publish_results(location, echo=echo)
 
     failed = int((~trials["status"].isin(OK_STATUSES)).sum()) if len(trials) else 0

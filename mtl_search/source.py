@@ -42,7 +42,23 @@ def read_table(data: DataSpec) -> tuple[pd.DataFrame, dict[str, tuple[str, str]]
         raise DataError(f"data file {source} cannot be read: {type(exc).__name__}: {exc}") from None
     if frame.empty:
         raise DataError(f"data file {source} holds no rows")
+    _refuse_duplicate_columns(path, name, source)
     return frame, {}, (), source
+
+
+def _refuse_duplicate_columns(path: Path, name: str, source: str) -> None:
+    """pandas renames a repeated CSV column ``x`` to ``x.1``, which could turn a copy of a target into a
+    feature: refuse repeated names instead."""
+    if name.endswith((".parquet", ".pq")):
+        import pyarrow.parquet
+
+        names = list(pyarrow.parquet.read_schema(path).names)
+    else:
+        names = list(pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0].astype(str))
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DataError(f"data file {source}: column name(s) {', '.join(map(repr, repeated))} appear more than "
+                        "once in the header; rename them so every column has its own name")
 
 
 def _missing_columns(columns: list[str], frame: pd.DataFrame, where: str, origin: str) -> None:

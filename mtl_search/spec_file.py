@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import reprlib
 import types
 import typing
 from collections.abc import Sequence
@@ -77,12 +78,22 @@ def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode,
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
 
 
+#: The most problems one message lists, and how much of a bad value it shows (a 645-byte YAML of nested
+#: aliases expands to a value whose full repr is 140 MB).
+MAX_ERRORS = 20
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 4, 4, 80, 80
+
+
 def spec_from_dict(raw: dict[str, Any], *, base_dir: Path | None = None, origin: str = "spec") -> ExperimentSpec:
     """Validate a spec given as a dict (already parsed YAML)."""
     try:
         spec = ExperimentSpec.model_validate(raw)
     except ValidationError as exc:
-        lines = [format_error(error) for error in exc.errors()]
+        errors = exc.errors()
+        lines = [format_error(error) for error in errors[:MAX_ERRORS]]
+        if len(errors) > MAX_ERRORS:
+            lines.append(f"... and {len(errors) - MAX_ERRORS} more")
         raise SpecError(f"invalid spec {origin}:\n  - " + "\n  - ".join(lines)) from None
     source = spec.data.source
     if not source.startswith(BUILTIN_PREFIX) and "://" not in source:
@@ -144,7 +155,7 @@ def format_error(error: dict[str, Any]) -> str:
         return message
     if kind in ("value_error", "assertion_error") or "input" not in error:
         return f"{path}: {message}"
-    return f"{path}: {message} (got {error['input']!r})"
+    return f"{path}: {message} (got {_SHORT.repr(error['input'])})"
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:

@@ -2,7 +2,13 @@
 
 Files are written atomically (a temporary file in the same folder, then a
 rename), so a crash leaves either the old file or the new one, never half of
-one. An existing result directory is never overwritten unless asked.
+one. An existing result directory is never overwritten unless asked, and then
+only if it is one: :data:`MARKER_FILE` marks the folders mtl_search created, and
+``--overwrite`` moves the old results aside, deleting them only once the new run
+has started (:func:`discard_replaced`; :func:`restore_replaced` puts them back
+if it could not). One run at a time holds a result directory: :data:`LOCK_FILE`,
+created atomically with the holder's host and process id (a lock whose process
+is gone on this host is stale and taken over).
 
 ``output`` may also be a storage URI (``s3://``, ``gs://``, ``file://``: what
 ``pyarrow.fs`` opens, as Ray Tune's storage does). Then the run writes to a
@@ -14,9 +20,12 @@ mounted at the same path on every node (NFS) is a plain local path.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from mtl_search.errors import ResultsExistError, ResultsMissingError, UserError
+from mtl_search.errors import ResultsExistError, ResultsLockedError, ResultsMissingError, UserError
 
 if TYPE_CHECKING:
     from mtl_search.config import ExperimentSpec
@@ -41,6 +50,10 @@ SELECTION_FILE = "selection.csv"
 PLOTS_DIR = "plots"
 TUNE_DIR = "tune"
 TRAIN_DIR = "train"
+#: Marks a folder as an mtl_search result directory: the only kind ``--overwrite`` deletes.
+MARKER_FILE = ".mtl_search"
+#: Held by the one run that writes a result directory (JSON: host, pid, started).
+LOCK_FILE = ".mtl_search.lock"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -63,28 +76,134 @@ def atomic_write_csv(path: Path, frame: pd.DataFrame) -> None:
     atomic_write_text(path, frame.to_csv(index=False))
 
 
-def prepare_result_dir(path: Path, *, overwrite: bool = False) -> Path:
-    """Create the result directory, refusing to reuse one that holds results.
+def prepare_result_dir(path: Path, *, overwrite: bool = False) -> tuple[Path, Path | None]:
+    """Create the result directory and lock it, refusing to reuse one that holds results.
+
+    With ``overwrite``, an mtl_search result directory (one holding :data:`MARKER_FILE`) that no live
+    run holds is renamed aside to a hidden sibling, returned second, for :func:`discard_replaced` or
+    :func:`restore_replaced`; nothing else is ever replaced.
 
     Raises:
         ResultsExistError: ``path`` holds files and ``overwrite`` is False.
-        UserError: ``path`` is a file or cannot be created.
+        ResultsLockedError: another live run holds ``path``.
+        UserError: ``path`` is a file, not an mtl_search result directory (with ``overwrite``), or
+            cannot be created.
     """
     if path.exists() and not path.is_dir():
         raise UserError(f"the result directory {path} is a file; choose another --name or --output")
+    aside = None
     if path.exists() and any(path.iterdir()):
+        _refuse_if_held(path)  # the more useful answer while another run writes there
         if not overwrite:
             raise ResultsExistError(
                 f"{path} already holds results; pass --overwrite to replace them, --resume to continue an "
                 "interrupted run, or choose another --name or --output"
             )
-        shutil.rmtree(path)
+        if not (path / MARKER_FILE).is_file():
+            raise UserError(
+                f"--overwrite replaces only result directories mtl_search created, and {path} holds no "
+                f"{MARKER_FILE} marker: nothing was deleted. Choose another --name or --output, or remove the "
+                "folder yourself if you are sure"
+            )
+        lock_result_dir(path)  # refuses while a live run holds it, and keeps others out while it moves
+        aside = path.with_name(f".{path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        path.rename(aside)
     try:
         path.mkdir(parents=True, exist_ok=True)
+        (path / MARKER_FILE).write_text(json.dumps({"created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
     except OSError as exc:
+        if aside is not None:
+            aside.rename(path)
         raise UserError(f"cannot create the result directory {path} ({exc.strerror}); choose another --output "
                         "(output: in the spec) where you may write") from None
-    return path
+    lock_result_dir(path)
+    return path, aside
+
+
+def _holder(lock: Path) -> dict[str, Any] | None:
+    try:
+        holder = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _gone(holder: dict[str, Any] | None) -> bool:
+    """Whether a lock's holder is certainly dead: a process of this host that no longer exists (an unreadable
+    lock, as a crash between creating and writing it leaves, counts as gone)."""
+    if holder is None:
+        return True
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False  # another machine's run: nothing here can tell whether it still runs
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _refuse_if_held(path: Path) -> None:
+    """Raise :class:`ResultsLockedError` when another live run holds ``path``."""
+    lock = path / LOCK_FILE
+    holder = _holder(lock) if lock.exists() else None
+    if holder is None or _gone(holder) or (holder.get("host"), holder.get("pid")) == (socket.gethostname(),
+                                                                                     os.getpid()):
+        return
+    raise ResultsLockedError(
+        f"{path} is in use by another mtl_search run (host {holder.get('host')}, pid {holder.get('pid')}, "
+        f"since {holder.get('started')}); wait for it to end, or choose another --name or --output. If "
+        f"that run is certainly gone, delete {lock}"
+    )
+
+
+def lock_result_dir(path: Path) -> None:
+    """Hold ``path`` for this process: create :data:`LOCK_FILE` atomically, taking over a stale one.
+    Holding it already (this process) is fine.
+
+    Raises:
+        ResultsLockedError: another live run holds it (the message names its host, pid and start).
+    """
+    lock = path / LOCK_FILE
+    mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            holder = _holder(lock)
+            if holder is not None and holder.get("host") == mine["host"] and holder.get("pid") == mine["pid"]:
+                return
+            if _gone(holder):
+                lock.unlink(missing_ok=True)
+                continue
+            _refuse_if_held(path)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(mine) + "\n")
+        return
+    raise ResultsLockedError(f"could not lock {path}: {lock} keeps reappearing; is another run starting there?")
+
+
+def unlock_result_dir(path: Path) -> None:
+    """Let go of ``path`` if this process holds it."""
+    lock = path / LOCK_FILE
+    holder = _holder(lock)
+    if holder is not None and holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid():
+        lock.unlink(missing_ok=True)
+
+
+def discard_replaced(location: ResultLocation) -> None:
+    """Delete the results ``--overwrite`` moved aside: the new run has started."""
+    if location.replaced is not None:
+        shutil.rmtree(location.replaced, ignore_errors=True)
+
+
+def restore_replaced(location: ResultLocation) -> None:
+    """Put the results ``--overwrite`` moved aside back in place: the new run could not start."""
+    if location.replaced is not None and location.replaced.exists():
+        shutil.rmtree(location.path, ignore_errors=True)
+        location.replaced.rename(location.path)
+        unlock_result_dir(location.path)
 
 
 # --------------------------------------------------------------------------- shared storage (URIs)
@@ -136,6 +255,8 @@ class ResultLocation:
 
     path: Path
     uri: str | None = None
+    #: The old results ``--overwrite`` moved aside, until the new run has started.
+    replaced: Path | None = None
 
     def __str__(self) -> str:
         return self.uri or str(self.path)
@@ -159,11 +280,11 @@ def prepare_results(spec: ExperimentSpec, *, overwrite: bool = False) -> ResultL
         UserError: the URI cannot be opened or written.
     """
     if not is_uri(spec.output):
-        return ResultLocation(prepare_result_dir(spec.result_dir(), overwrite=overwrite))
+        path, replaced = prepare_result_dir(spec.result_dir(), overwrite=overwrite)
+        return ResultLocation(path, replaced=replaced)
     uri = join_uri(spec.output, spec.name)
     prepare_remote_dir(uri, overwrite=overwrite)
-    staging = Path(tempfile.mkdtemp(prefix=f"mtl_search-{spec.name}-")) / spec.name
-    staging.mkdir()
+    staging, _ = prepare_result_dir(Path(tempfile.mkdtemp(prefix=f"mtl_search-{spec.name}-")) / spec.name)
     return ResultLocation(staging, uri)
 
 
@@ -172,6 +293,7 @@ def results_to_resume(spec: ExperimentSpec) -> ResultLocation:
 
     Raises:
         ResultsMissingError: there is no interrupted search there (or it is on remote storage).
+        ResultsLockedError: another live run holds it.
     """
     if is_uri(spec.output):
         raise ResultsMissingError(
@@ -179,7 +301,11 @@ def results_to_resume(spec: ExperimentSpec) -> ResultLocation:
             "(e.g. `aws s3 sync`) and run `mtl-search resume <that folder>`"
         )
     path = spec.result_dir()
+    if path.is_dir():
+        lock_result_dir(path)  # first: a run that holds it may not have started its search yet
     if not (path / TUNE_DIR).is_dir():
+        if path.is_dir():
+            unlock_result_dir(path)
         raise ResultsMissingError(f"nothing to resume at {path}: it holds no search ({TUNE_DIR}/); "
                                   "start one with `mtl-search run` instead")
     return ResultLocation(path)

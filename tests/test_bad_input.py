@@ -229,6 +229,19 @@ CASES: dict[str, tuple[Change, list[str]]] = {
     "infinite regression target": (
         _column("price", lambda values: values.where(values.index != 5, -np.inf)),
         [r"task price \(column price", r"infinite"]),
+    "negative seed": (
+        _set("seed", -1), [r"\bseed: Input should be greater than or equal to 0"]),
+    "seed beyond 32 bits": (
+        _set("seed", 2**32), [r"\bseed: Input should be less than or equal to 4294966295"]),
+    "huge but finite feature": (
+        _column("x1", lambda values: values.where(values.index != 5, 1e308)),
+        [r"feature column x1 in .*table\.csv", r"beyond what float32 holds", r"rescale"]),
+    "huge but finite regression target": (
+        _column("price", lambda values: values.where(values.index != 5, -1e300)),
+        [r"task price \(column price", r"beyond what float32 holds", r"-1e\+300"]),
+    "duplicate column names in the CSV": (
+        _file("dup.csv", b"x1,price,churn,price\n" + b"".join(b"%d,%d,yes,%d\n" % (i, i, i) for i in range(60))),
+        [r"dup\.csv", r"'price' appear more than once", r"rename"]),
     "binary target with three classes": (
         _set("data.tasks.churn.column", "segment"),
         [r"task churn \(column segment", r"binary target has two classes, found 3", r"use type multiclass"]),
@@ -329,6 +342,53 @@ def test_existing_results_are_refused_and_left_untouched(inputs: Inputs, tmp_pat
     assert str(existing) in err and "--overwrite" in err and "--resume" in err
     assert {path.name: path.read_text() for path in existing.iterdir()} == files
     assert {path.name: path.stat().st_mtime_ns for path in existing.iterdir()} == before
+
+
+def test_overwrite_deletes_nothing_but_an_mtl_search_result_directory(inputs: Inputs, tmp_path: Path, capsys):
+    spec = write(inputs, tmp_path)
+    documents = tmp_path / "results" / "small"  # e.g. --output ~ --name Documents
+    documents.mkdir(parents=True)
+    (documents / "thesis.tex").write_text("years of work\n")
+    code, _, err = run_cli(["run", str(spec), "--overwrite"], capsys)
+    assert code == EXIT_USER and "Traceback" not in err
+    assert ".mtl_search marker: nothing was deleted" in err and str(documents) in err
+    assert [p.name for p in documents.iterdir()] == ["thesis.tex"]
+
+
+def test_a_result_directory_held_by_a_live_run_is_refused_with_the_holder_named(inputs: Inputs, tmp_path: Path,
+                                                                                capsys):
+    import json
+    import os
+    import socket
+
+    from mtl_search import storage
+
+    spec = write(inputs, tmp_path)
+    held = tmp_path / "results" / "small"
+    held.mkdir(parents=True)
+    (held / storage.MARKER_FILE).write_text("{}\n")
+    (held / "tune").mkdir()
+    (held / "leaderboard.csv").write_text("rank,grouping\n1,precious\n")
+    # A live process of this host holds it: the test's parent (pytest's own pid would count as this run).
+    holder = {"host": socket.gethostname(), "pid": os.getppid(), "started": "2026-12-03T08:00:00+0000"}
+    (held / storage.LOCK_FILE).write_text(json.dumps(holder))
+    for extra in (["--overwrite"], ["--resume"]):
+        code, _, err = run_cli(["run", str(spec), *extra], capsys)
+        assert code == EXIT_USER and "Traceback" not in err, err
+        assert f"in use by another mtl_search run (host {holder['host']}, pid {os.getppid()}" in err
+        assert (held / "leaderboard.csv").read_text() == "rank,grouping\n1,precious\n"
+    assert not list(held.parent.glob(".small.replaced-*"))  # nothing was moved aside either
+
+
+def test_a_yaml_alias_bomb_gets_a_short_message(tmp_path: Path, capsys):
+    levels = ["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for name, below in zip("bcdefgh", "abcdefg", strict=True):
+        levels.append(f"{name}: &{name} [" + ", ".join([f"*{below}"] * 9) + "]")
+    spec = tmp_path / "bomb.yaml"
+    spec.write_text("name: bomb\n" + "\n".join(levels) + "\ndata: *h\n")  # 9^8 strings if expanded
+    code, _, err = run_cli(["validate", str(spec)], capsys)
+    assert code == EXIT_USER and err.startswith("error: invalid spec") and "data: Input should be" in err
+    assert len(err) < 2000, len(err)
 
 
 def test_the_console_entry_point_reports_bad_input_the_same_way(inputs: Inputs, tmp_path: Path):

@@ -208,3 +208,34 @@ def test_an_empty_ray_address_means_a_local_ray(monkeypatch: pytest.MonkeyPatch,
     else:
         monkeypatch.setenv("RAY_ADDRESS", environment)
     assert ray_address(given) == expected
+
+
+def test_a_second_run_of_the_same_result_directory_exits_2_while_the_first_finishes_untouched(
+        write_spec, tmp_path: Path, capsys):
+    import time
+
+    from mtl_search import storage
+
+    spec = write_spec(planted_spec_dict(tmp_path, **{"data.params": {"rows": 400, "features": 8, "clusters": 1,
+                                                                     "tasks_per_cluster": 2},
+                                                     "search.num_samples": 2, "space.epochs": 30}))
+    out = tmp_path / "results" / "planted"
+    first = subprocess.Popen([sys.executable, "-m", "mtl_search", "run", str(spec)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):  # the lock is taken before Ray starts, so the run holds it for many seconds after
+            if (out / storage.LOCK_FILE).exists() or first.poll() is not None:
+                break
+            time.sleep(0.2)
+        assert first.poll() is None, first.communicate()[1][-3000:]
+        for extra in ([], ["--overwrite"], ["--resume"]):
+            assert main(["run", str(spec), *extra]) == 2
+            err = capsys.readouterr().err
+            assert "in use by another mtl_search run" in err and f"pid {first.pid}" in err, err
+        assert first.poll() is None  # the refusals above all happened while the first run held the folder
+        stdout, stderr = first.communicate(timeout=600)
+    finally:
+        first.kill()
+    assert first.returncode == 0, stderr[-3000:]
+    assert "top groupings" in stdout and (out / "leaderboard.csv").is_file() and (out / "config.yaml").is_file()
+    assert not (out / storage.LOCK_FILE).exists() and not list(out.parent.glob(".planted.replaced-*"))
