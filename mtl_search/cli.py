@@ -7,12 +7,13 @@ Exit codes: 0 success, 2 bad input (a one-paragraph message, no traceback),
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 
 from mtl_search import __version__
-from mtl_search.errors import UserError
+from mtl_search.errors import Interrupted, NothingToDo, UserError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
 
@@ -358,6 +359,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER
+    except NothingToDo as exc:
+        print(exc)
+        return EXIT_OK
+    except Interrupted as exc:
+        where = f" continue with: mtl-search resume {exc.result_dir}" if exc.result_dir else ""
+        print(f"interrupted ({signal.Signals(exc.signum).name}): the finished trials are kept; nothing is presented "
+              f"as a final result.{where}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -41,3 +41,21 @@ class ResultsMissingError(UserError):
 
 class ClusterError(UserError):
     """The cluster cannot be reached, refuses us, or does not know the job."""
+
+
+class NothingToDo(Exception):
+    """A request that needs no work (e.g. resuming a finished run): the CLI prints why and exits 0."""
+
+
+class Interrupted(Exception):
+    """The run was stopped by a signal (Ctrl-C, SIGTERM): what finished is kept and ``resume`` continues it.
+
+    Args:
+        signum: the signal (its exit code is 128 + signum: 130 for SIGINT, 143 for SIGTERM).
+        result_dir: the result directory to resume, when there is one.
+    """
+
+    def __init__(self, signum: int, result_dir: object = None) -> None:
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+        self.result_dir = result_dir

@@ -10,9 +10,12 @@ import json
 import math
 import platform
 import shutil
+import signal
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
@@ -25,7 +28,7 @@ from mtl_search import __version__, storage
 from mtl_search.baselines import RawFeatures, baseline_rows
 from mtl_search.config import HYPERPARAMETERS, ExperimentSpec, TaskSpec
 from mtl_search.data import PreparedData, prepare, raw_features
-from mtl_search.errors import ResultsMissingError
+from mtl_search.errors import Interrupted, NothingToDo, ResultsMissingError
 from mtl_search.estimate import rank_agreement
 from mtl_search.grouping import group_tasks, grouping_groups
 from mtl_search.leaderboard import (
@@ -68,21 +71,42 @@ def resolved_spec(spec: ExperimentSpec, data: PreparedData) -> ExperimentSpec:
     return spec.model_copy(update={"data": spec.data.model_copy(update={"tasks": tasks})})
 
 
-def write_tables(result_dir: Path, trials: pd.DataFrame, data: PreparedData, groups: list[str],
-                 spec: ExperimentSpec, baselines: Mapping[str, Mapping[str, float]] | None = None,
-                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Write ``groups.csv`` (trained and estimated groups), ``leaderboard.csv`` and ``selection.csv``."""
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM stops the run as :class:`Interrupted` (exit 143, what finished kept), as Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def rank_tables(trials: pd.DataFrame, data: PreparedData, groups: list[str], spec: ExperimentSpec,
+                baselines: Mapping[str, Mapping[str, float]] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``groups.csv`` (trained and estimated groups) and ``leaderboard.csv``, as frames."""
     task_types = {name: task.type for name, task in data.tasks.items()}
     strategy = spec.grouping.strategy()
     by_group = best_per_group(trials, task_types, groups)
     by_group = add_estimates(by_group, task_types, lambda trained: strategy.estimate(list(task_types), trained))
     board = rank_groupings(by_group, task_types, max_groups=spec.grouping.max_groups, cost=spec.grouping.cost)
-    board = add_baseline_rows(board, task_types, baselines or {}, cost=spec.grouping.cost)
+    return by_group, add_baseline_rows(board, task_types, baselines or {}, cost=spec.grouping.cost)
+
+
+def write_tables(result_dir: Path, data: PreparedData, spec: ExperimentSpec, by_group: pd.DataFrame,
+                 board: pd.DataFrame) -> None:
+    """Write ``groups.csv``, ``leaderboard.csv`` and ``selection.csv``."""
+    task_types = {name: task.type for name, task in data.tasks.items()}
     storage.atomic_write_csv(result_dir / storage.GROUPS_FILE, for_csv(by_group))
     storage.atomic_write_csv(result_dir / storage.LEADERBOARD_FILE, for_csv(board))
     storage.atomic_write_csv(result_dir / storage.SELECTION_FILE,
                              for_csv(selection_csv(by_group, task_types, cost=spec.grouping.cost)))
-    return by_group, board
 
 
 def run_experiment(
@@ -118,6 +142,11 @@ def run_experiment(
     # A URI output (s3://, gs://, file://) is written to a local staging folder and published at the end.
     location = storage.results_to_resume(spec) if resume else storage.prepare_results(spec, overwrite=overwrite)
     result_dir = location.path
+    if resume and (result_dir / storage.RUN_FILE).is_file() and (result_dir / storage.LEADERBOARD_FILE).is_file():
+        storage.unlock_result_dir(result_dir)
+        raise NothingToDo(f"{result_dir} holds a finished run (run.json, leaderboard.csv): nothing to resume, and "
+                          f"nothing was retrained. Review it with `mtl-search leaderboard {result_dir}` (plots: "
+                          f"`mtl-search report {result_dir}`)")
     try:
         if not resume:
             storage.atomic_write_text(result_dir / storage.CONFIG_FILE, resolved_spec(spec, data).to_yaml())
@@ -152,26 +181,38 @@ def run_experiment(
     echo(f"search: {len(groups)} candidate groups, {what}, {spec.search.max_concurrent_trials} at a time, "
          f"executor {spec.search.trial_executor}, {settings.gpus_per_worker:g} GPU per worker")
     echo(f"results: {location}")
+    if location.uri is not None:
+        echo(f"staging: {result_dir} (copied to {location.uri} when the run ends; if the run is cut off, "
+             f"`mtl-search resume {result_dir}` continues from it)")
+    finished = False
     try:
-        trials = run_search(spec, data, plan, result_dir, echo=echo, verbose=verbose, resume=resume)
-        features = raw_features(spec.data, data) if spec.baselines else {}  # read once, for every baseline fit
-        baselines = baseline_rows(data, features, spec.baselines, seed=spec.seed)
-        by_group, board = write_tables(result_dir, trials, data, groups, spec, baselines)
-        if spec.confirm is not None:
-            confirmed = confirm_groupings(spec, data, features, settings, board, by_group, trials,
-                                          confirm_seeds(spec), top_k=spec.confirm.top_k, echo=echo)
-            storage.atomic_write_csv(result_dir / storage.CONFIRM_FILE, for_csv(confirmed))
-        agreement = None
-        if measured is not None and measured.estimates:
-            agreement = rank_agreement(measured.estimates, _trained_losses(by_group, list(data.tasks)))
-            echo(f"estimate: estimated vs trained validation losses of the trained groups, mean per-task "
-                 f"Spearman {agreement:.2f}")
-        wall = time.time() - started
-        _write_run_info(result_dir, spec, plan, trials, wall, estimate_rank_correlation=agreement)
-        _draw_plots(result_dir, echo)
+        with _sigterm_interrupts():
+            trials = run_search(spec, data, plan, result_dir, echo=echo, verbose=verbose, resume=resume)
+            features = raw_features(spec.data, data) if spec.baselines else {}  # read once, for every baseline fit
+            baselines = baseline_rows(data, features, spec.baselines, seed=spec.seed)
+            by_group, board = rank_tables(trials, data, groups, spec, baselines)
+            if spec.confirm is not None:
+                confirmed = confirm_groupings(spec, data, features, settings, board, by_group, trials,
+                                              confirm_seeds(spec), top_k=spec.confirm.top_k, echo=echo)
+                storage.atomic_write_csv(result_dir / storage.CONFIRM_FILE, for_csv(confirmed))
+            write_tables(result_dir, data, spec, by_group, board)  # only now: an interrupted run shows no final table
+            agreement = None
+            if measured is not None and measured.estimates:
+                agreement = rank_agreement(measured.estimates, _trained_losses(by_group, list(data.tasks)))
+                echo(f"estimate: estimated vs trained validation losses of the trained groups, mean per-task "
+                     f"Spearman {agreement:.2f}")
+            wall = time.time() - started
+            _write_run_info(result_dir, spec, plan, trials, wall, estimate_rank_correlation=agreement)
+            _draw_plots(result_dir, echo)
+            finished = True
+    except KeyboardInterrupt:  # Ctrl-C after the search (baselines, confirm, plots)
+        raise Interrupted(signal.SIGINT, result_dir) from None
+    except Interrupted as exc:
+        exc.result_dir = exc.result_dir or result_dir
+        raise
     finally:  # after a failure too, so the trials that finished reach shared storage
         storage.unlock_result_dir(result_dir)
-        storage.publish_results(location, echo=echo)
+        storage.publish_results(location, echo=echo, remove_staging=finished)
 
     failed = int((~trials["status"].isin(OK_STATUSES)).sum()) if len(trials) else 0
     count = trials["trial_id"].nunique() if len(trials) else 0

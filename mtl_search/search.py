@@ -21,8 +21,11 @@ What a trial runs is :mod:`mtl_search.ray_train`; early stopping within a group
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +42,7 @@ from mtl_search import storage
 from mtl_search.config import ExperimentSpec
 from mtl_search.data import PreparedData
 from mtl_search.domain import Domain
+from mtl_search.errors import Interrupted
 from mtl_search.grouping import group_tasks
 from mtl_search.leaderboard import trial_rows, trials_frame
 from mtl_search.progress import Progress
@@ -189,6 +193,38 @@ def _pickled_text(value: Any) -> str:
     return ""
 
 
+def fit_interruptibly(tuner: tune.Tuner, result_dir: Path) -> tune.ResultGrid:
+    """``tuner.fit()``, except that Ctrl-C or SIGTERM ends it as :class:`Interrupted` instead of a normal return.
+
+    On SIGINT, Tune stops the loop, snapshots the experiment and returns as if it had finished (the running
+    trial is stopped mid-training); it also leaves its SIGINT handler installed when no signal came, which
+    would swallow a later Ctrl-C. Here SIGTERM takes Tune's graceful path too, the handler that was there
+    before comes back either way, and a stop raises :class:`Interrupted` so no partial result is presented
+    as final (``resume`` continues the stopped trial from its last checkpoint).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return tuner.fit()  # Tune installs no handler off the main thread; neither can this
+    tune_catches = not int(os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0"))
+    before = signal.getsignal(signal.SIGINT)
+    received: list[int] = []
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        received.append(signum)
+        signal.raise_signal(signal.SIGINT)  # Tune's handler: stop, snapshot, return
+
+    previous_term = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        grid = tuner.fit()
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+    # Tune's handler puts back the handler it replaced when (and only when) it fires.
+    fired = tune_catches and signal.getsignal(signal.SIGINT) is before
+    signal.signal(signal.SIGINT, before)
+    if fired:
+        raise Interrupted(received[0] if received else signal.SIGINT, result_dir)
+    return grid
+
+
 def run_search(
     spec: ExperimentSpec,
     data: PreparedData,
@@ -265,7 +301,7 @@ def run_search(
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
         )
-    grid = tuner.fit()
+    grid = fit_interruptibly(tuner, result_dir)
     # The recorder that ran may be a restored copy: trials.csv is the record. Add what no callback saw.
     rows = read_trial_rows(trials_path)
     for result in grid:

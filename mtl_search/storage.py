@@ -338,11 +338,13 @@ def prepare_remote_dir(uri: str, *, overwrite: bool = False) -> None:
                         "(see cluster/README.md, 'Results on shared storage')") from None
 
 
-def publish_results(location: ResultLocation, *, echo: Callable[[str], None] | None = None) -> None:
+def publish_results(location: ResultLocation, *, echo: Callable[[str], None] | None = None,
+                    remove_staging: bool = False) -> None:
     """Copy a URI run's staged files to ``location.uri`` (nothing to do for a local path).
 
     Files are copied whole, each replacing its previous copy; an object store
-    never shows a half-written object.
+    never shows a half-written object. With ``remove_staging`` (a finished run) the
+    local staging folder is deleted afterwards; otherwise it stays, to resume from.
     """
     if location.uri is None:
         return
@@ -351,5 +353,7 @@ def publish_results(location: ResultLocation, *, echo: Callable[[str], None] | N
     fs, path = open_uri(location.uri)
     pyarrow.fs.copy_files(str(location.path), path, source_filesystem=pyarrow.fs.LocalFileSystem(),
                           destination_filesystem=fs)
+    if remove_staging:
+        shutil.rmtree(location.path.parent, ignore_errors=True)  # the mkdtemp folder around it
     if echo is not None:
-        echo(f"results copied to {location.uri} (staged in {location.path})")
+        echo(f"results copied to {location.uri}" + ("" if remove_staging else f" (staged in {location.path})"))

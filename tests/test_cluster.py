@@ -278,8 +278,10 @@ def test_a_run_with_a_uri_output_publishes_its_results(ray_local, tmp_path: Path
 
     uri = f"file://{tmp_path}/bucket/results"
     spec = spec_from_dict(planted_spec_dict(tmp_path, **TINY, output=uri))
-    result = run_experiment(spec, echo=lambda line: None)
-    shutil.rmtree(result.result_dir.parent)  # the staging folder (mkdtemp), not the results
+    lines: list[str] = []
+    result = run_experiment(spec, echo=lines.append)
+    assert f"staging: {result.result_dir}" in "\n".join(lines)  # printed at the start, to resume from
+    assert not result.result_dir.parent.exists()  # the staging folder (mkdtemp) went once published
     published = tmp_path / "bucket" / "results" / "planted"
     for name in ("config.yaml", "run.json", "trials.csv", "groups.csv", "leaderboard.csv"):
         assert (published / name).is_file(), name

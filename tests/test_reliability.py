@@ -127,3 +127,70 @@ def test_same_seed_same_trials_and_leaderboard(ray_local, tmp_path: Path, execut
     pd.testing.assert_frame_equal(trials[0], trials[1])
     pd.testing.assert_frame_equal(boards[0], boards[1])
     assert trials[0]["lr"].nunique() > 1  # TPE really proposed different values
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.parametrize(("phase", "signum"), [("search", signal.SIGINT), ("confirm", signal.SIGINT),
+                                               ("search", signal.SIGTERM)])
+def test_ctrl_c_ends_a_run_as_interrupted_and_resume_completes_it(write_spec, tmp_path: Path, phase: str,
+                                                                 signum: int):
+    import threading
+
+    spec = write_spec(planted_spec_dict(tmp_path, **{
+        "data.params": THREE_TASKS, "space.epochs": 12, "search.num_samples": 4,
+        "search.max_concurrent_trials": 1, "search.scheduler": {"type": "fifo"},
+        "confirm": {"top_k": 2, "seeds": 3}}))
+    out = tmp_path / "results" / "planted"
+    trials_csv = out / "trials.csv"
+    process = subprocess.Popen([sys.executable, "-m", "mtl_search", "run", str(spec)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines: list[str] = []
+    errors: list[str] = []
+    readers = [threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True),
+               threading.Thread(target=lambda: errors.extend(process.stderr), daemon=True)]  # a full pipe blocks
+    for reader in readers:
+        reader.start()
+
+    def reached() -> bool:
+        if phase == "confirm":
+            return any(line.startswith("confirm: retraining") for line in lines)
+        return trials_csv.exists() and pd.read_csv(trials_csv)["trial_id"].nunique() >= 1
+
+    try:
+        deadline = time.time() + 480
+        while time.time() < deadline and process.poll() is None and not reached():
+            time.sleep(0.1)
+        assert process.poll() is None, "the run must still be running when Ctrl-C comes"
+        if signum == signal.SIGINT:
+            os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole foreground process group
+        else:
+            os.kill(process.pid, signal.SIGTERM)  # `kill PID`, a scheduler's stop: the driver only
+        code = process.wait(timeout=300)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    for reader in readers:
+        reader.join(timeout=60)
+    stderr = "".join(errors)
+    assert code == 128 + signum, stderr[-3000:]
+    assert f"interrupted ({signal.Signals(signum).name})" in stderr and f"mtl-search resume {out}" in stderr
+    assert not (out / "leaderboard.csv").exists() and not (out / "run.json").exists()  # nothing presented as final
+    before = pd.read_csv(trials_csv, dtype={"trial_id": str}) if trials_csv.exists() else pd.DataFrame()
+    if phase == "search":
+        assert 1 <= before["trial_id"].nunique() < 4, "Ctrl-C must land mid-search"
+    else:
+        assert before["trial_id"].nunique() == 4
+
+    resumed = cli("resume", str(out))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = pd.read_csv(trials_csv, dtype={"trial_id": str})
+    assert after["trial_id"].nunique() == 4 and set(after["status"]) == {"completed"}  # none left "stopped"
+    kept = after.set_index(["trial_id", "group"]).loc[list(zip(before["trial_id"], before["group"], strict=True))]
+    assert list(kept["score"]) == list(before["score"])  # finished trials kept as they were
+    assert (out / "leaderboard.csv").is_file() and (out / "confirm.csv").is_file()
+    stamp = (out / "leaderboard.csv").stat().st_mtime_ns
+    again = cli("resume", str(out))  # a finished run: said so, nothing retrained or rewritten
+    assert again.returncode == 0 and "holds a finished run" in again.stdout and "nothing to resume" in again.stdout
+    assert (out / "leaderboard.csv").stat().st_mtime_ns == stamp
