@@ -41,7 +41,7 @@ from mtl_search.leaderboard import (
     selection_csv,
 )
 from mtl_search.plots import plot_affinity
-from mtl_search.ray_session import connect_ray, resolve_gpus, tracking_callbacks
+from mtl_search.ray_session import check_resources, connect_ray, resolve_gpus, tracking_callbacks
 from mtl_search.ray_tasks import Measurements, retrain, run_measurements
 from mtl_search.report import write_report
 from mtl_search.results import AFFINITY_PNG, NLOSS, OK_STATUSES, VALID, column, for_csv
@@ -152,6 +152,9 @@ def run_experiment(
             storage.atomic_write_text(result_dir / storage.CONFIG_FILE, resolved_spec(spec, data).to_yaml())
         echo(data.summary())
         connect_ray(address, verbose=verbose)
+        settings = TrialSettings.from_spec(spec, gpus_per_worker=resolve_gpus(spec),
+                                           train_storage=str(result_dir / storage.TRAIN_DIR))
+        check_resources(settings.cpus_per_worker, settings.gpus_per_worker)
     except BaseException:  # the run never started: leave the folder as it was
         if location.replaced is not None:
             storage.restore_replaced(location)
@@ -161,8 +164,6 @@ def run_experiment(
             storage.unlock_result_dir(result_dir)
         raise
     storage.discard_replaced(location)  # the old results --overwrite moved aside: the new run has started
-    settings = TrialSettings.from_spec(spec, gpus_per_worker=resolve_gpus(spec),
-                                       train_storage=str(result_dir / storage.TRAIN_DIR))
     measured: Measurements | None = None
     if strategy.needs_affinity:
         measured = read_measurements(result_dir, strategy.needs_estimates) if resume else None

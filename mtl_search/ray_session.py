@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import optuna
 import ray
 
 from mtl_search.config import ExperimentSpec
-from mtl_search.errors import UserError
+from mtl_search.errors import ClusterError, UserError
 
 #: Ray Train's controller polls its workers this often (seconds). Ray's default
 #: (2 s) makes every per-epoch report cost about 1.9 s; measured here, 0.05 s cuts that to 0.055 s.
@@ -28,10 +29,12 @@ def ray_address(address: str | None = None) -> str | None:
 def connect_ray(address: str | None = None, *, verbose: bool = False, num_cpus: int | None = None) -> None:
     """Start or join Ray, with Train's faster polling and quiet logs unless ``verbose``."""
     quiet_logs(verbose)
+    address = ray_address(address)
+    if address:
+        check_reachable(address)
     if ray.is_initialized():
         return
     env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": TRAIN_POLL_INTERVAL_S}
-    address = ray_address(address)
     if not address:
         # A local machine has no spot preemption to watch for: skip the watcher actor each Train run starts.
         env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
@@ -43,6 +46,48 @@ def connect_ray(address: str | None = None, *, verbose: bool = False, num_cpus: 
         logging_level=logging.INFO if verbose else logging.WARNING,
         log_to_driver=verbose,
     )
+
+
+#: How long to wait for a Ray head to answer before saying it cannot be reached (ray.init retries for minutes).
+REACH_TIMEOUT_S = 10.0
+
+
+def check_reachable(address: str) -> None:
+    """Fail fast, naming the address, when nothing answers at a Ray cluster's ``host:port`` (or ``ray://``).
+
+    Raises:
+        ClusterError: the host does not resolve, or nothing accepts a connection there within
+            :data:`REACH_TIMEOUT_S` seconds.
+    """
+    target = address.removeprefix("ray://")
+    if address == "auto" or "://" in target:
+        return  # "auto" finds a local head itself; other schemes are not Ray's GCS or client addresses
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ClusterError(f"--address {address!r}: expected host:port (e.g. 10.0.0.5:6379), ray://host:10001 "
+                           "or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ClusterError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}): is `ray start "
+                           f"--head` running there, and is port {port} open from this machine? Without --address "
+                           "(and RAY_ADDRESS) mtl_search starts a local Ray") from None
+
+
+def check_resources(cpus_per_worker: float, gpus_per_worker: float) -> None:
+    """Refuse, before any trial is queued, a worker no node of the connected cluster can hold (Tune would
+    wait for it forever).
+
+    Raises:
+        UserError: no alive node has ``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs.
+    """
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    if any(r.get("CPU", 0) >= cpus_per_worker and r.get("GPU", 0) >= gpus_per_worker for r in nodes):
+        return
+    have = "; ".join(f"{r.get('CPU', 0):g} CPU, {r.get('GPU', 0):g} GPU" for r in nodes) or "none alive"
+    raise UserError(f"resources: each trial worker needs {cpus_per_worker:g} CPU and {gpus_per_worker:g} GPU on one "
+                    f"node, and no node of this Ray cluster has that (its nodes: {have}); lower "
+                    "resources.cpus_per_worker / gpus_per_worker, or add a larger node")
 
 
 def warn_about_other_local_ray() -> None:

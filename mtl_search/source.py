@@ -29,6 +29,7 @@ def read_table(data: DataSpec) -> tuple[pd.DataFrame, dict[str, tuple[str, str]]
     if not path.exists():
         raise DataError(f"data file {source} does not exist (data.source); paths are relative to the spec file")
     name = path.name.lower()
+    _refuse_beyond_memory(path, name, source)
     try:
         if name.endswith((".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz")):
             frame = pd.read_csv(path)
@@ -44,6 +45,44 @@ def read_table(data: DataSpec) -> tuple[pd.DataFrame, dict[str, tuple[str, str]]
         raise DataError(f"data file {source} holds no rows")
     _refuse_duplicate_columns(path, name, source)
     return frame, {}, (), source
+
+
+#: How many bytes of memory a byte of the file becomes once read (pandas objects for text cells): a plain CSV,
+#: and a compressed CSV or Parquet file.
+MEMORY_PER_BYTE = 3
+MEMORY_PER_COMPRESSED_BYTE = 15
+
+
+def available_memory() -> int:
+    """Bytes of memory this machine can give without swapping."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def _refuse_beyond_memory(path: Path, name: str, source: str) -> None:
+    """Refuse, before reading it, a file whose table would not fit in the memory available."""
+    size = path.stat().st_size
+    compressed = name.endswith((".gz", ".bz2", ".zip", ".xz", ".parquet", ".pq"))
+    needed = size * (MEMORY_PER_COMPRESSED_BYTE if compressed else MEMORY_PER_BYTE)
+    available = available_memory()
+    if needed > available:
+        raise DataError(
+            f"data file {source} is {_bytes(size)}, about {_bytes(needed)} once read, and this machine has "
+            f"{_bytes(available)} available: sample its rows into a smaller file, keep only the columns the spec "
+            "uses (Parquet reads faster and smaller), or run on a machine with more memory"
+        )
+
+
+def _bytes(count: float) -> str:
+    """``12.3 GiB``, ``850.0 KiB``, ``500 B``."""
+    if count < 1024:
+        return f"{int(count)} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        count /= 1024
+        if count < 1024 or unit == "TiB":
+            break
+    return f"{count:.1f} {unit}"
 
 
 def _refuse_duplicate_columns(path: Path, name: str, source: str) -> None:

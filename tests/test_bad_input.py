@@ -272,6 +272,11 @@ CASES: dict[str, tuple[Change, list[str]]] = {
         _args("--set", "space.lr.low=1"), [r"--set 'space\.lr\.low=1'", r"space\.lr holds a value"]),
     "--resume with --overwrite": (
         _args("--resume", "--overwrite", command="run"), [r"--resume", r"--overwrite", r"choose one"]),
+    "unreachable --address": (
+        _args("--address", "127.0.0.1:1", command="run"),
+        [r"cannot reach the Ray cluster at 127\.0\.0\.1:1", r"ray start --head", r"port 1"]),
+    "--address that is not host:port": (
+        _args("--address", "headnode", command="run"), [r"--address 'headnode'", r"expected host:port"]),
     "resume with nothing to resume": (
         _args("--resume", command="run"), [r"nothing to resume", r"small", r"mtl-search run"]),
 }
@@ -389,6 +394,37 @@ def test_a_yaml_alias_bomb_gets_a_short_message(tmp_path: Path, capsys):
     code, _, err = run_cli(["validate", str(spec)], capsys)
     assert code == EXIT_USER and err.startswith("error: invalid spec") and "data: Input should be" in err
     assert len(err) < 2000, len(err)
+
+
+def test_a_run_that_cannot_start_leaves_the_folder_as_it_was(inputs: Inputs, tmp_path: Path, capsys):
+    from mtl_search import storage
+
+    spec = write(inputs, tmp_path)
+    out = tmp_path / "results" / "small"
+    code, _, err = run_cli(["run", str(spec), "--address", "127.0.0.1:1"], capsys)
+    assert code == EXIT_USER and "cannot reach" in err
+    assert not out.exists()  # nothing left that the next `run` or `resume` would refuse
+    out.mkdir(parents=True)
+    (out / storage.MARKER_FILE).write_text("{}\n")
+    (out / "leaderboard.csv").write_text("rank,grouping\n1,precious\n")
+    code, _, err = run_cli(["run", str(spec), "--overwrite", "--address", "127.0.0.1:1"], capsys)
+    assert code == EXIT_USER and "cannot reach" in err
+    assert (out / "leaderboard.csv").read_text() == "rank,grouping\n1,precious\n"  # the old results came back
+    assert not (out / storage.LOCK_FILE).exists() and not list(out.parent.glob(".small.replaced-*"))
+
+
+def test_a_table_larger_than_the_memory_available_is_refused_before_it_is_read(inputs: Inputs, tmp_path: Path,
+                                                                                 capsys, monkeypatch):
+    from mtl_search import source
+
+    spec = write(inputs, tmp_path)
+    size = (tmp_path / "table.csv").stat().st_size
+    monkeypatch.setattr(source, "available_memory", lambda: 2 * size)  # a machine with less memory than 3x the file
+    monkeypatch.setattr(pd, "read_csv", lambda *a, **k: pytest.fail("the table must not be read"))
+    code, _, err = run_cli(["validate", str(spec)], capsys)
+    assert code == EXIT_USER and "Traceback" not in err
+    assert re.search(r"data file .*table\.csv is [\d.]+ KiB, about [\d.]+ KiB once read, and this machine has "
+                     r"[\d.]+ KiB available: sample its rows", err), err
 
 
 def test_the_console_entry_point_reports_bad_input_the_same_way(inputs: Inputs, tmp_path: Path):

@@ -239,3 +239,11 @@ def test_a_second_run_of_the_same_result_directory_exits_2_while_the_first_finis
     assert first.returncode == 0, stderr[-3000:]
     assert "top groupings" in stdout and (out / "leaderboard.csv").is_file() and (out / "config.yaml").is_file()
     assert not (out / storage.LOCK_FILE).exists() and not list(out.parent.glob(".planted.replaced-*"))
+
+
+def test_resources_no_node_can_hold_are_refused_before_any_trial(ray_local, write_spec, tmp_path: Path, capsys):
+    spec = write_spec(planted_spec_dict(tmp_path, **{"resources": {"cpus_per_worker": 64}}))
+    assert main(["run", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "each trial worker needs 64 CPU and 0 GPU on one node" in err and "its nodes: 2 CPU, 0 GPU" in err
+    assert not (tmp_path / "results" / "planted").exists()  # it never started: nothing left behind
