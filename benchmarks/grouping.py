@@ -37,7 +37,7 @@ import pandas as pd
 from mtl_search.datasets.planted import planted_grouping
 from mtl_search.estimate import rank_agreement
 from mtl_search.experiment import ExperimentResult, read_measurements, run_experiment
-from mtl_search.grouping import group_tasks
+from mtl_search.leaderboard import task_values
 from mtl_search.ray_session import connect_ray
 from mtl_search.results import NLOSS, VALID, column
 from mtl_search.spec_file import spec_from_dict
@@ -76,11 +76,10 @@ def run(dataset: str, strategy: str, output: Path) -> tuple[ExperimentResult, fl
     return result, time.time() - started
 
 
-def trained_losses(by_group: pd.DataFrame, *, estimated: bool) -> dict[str, dict[str, float]]:
+def group_losses(by_group: pd.DataFrame, *, estimated: bool) -> dict[str, dict[str, float]]:
     """Per-task validation nloss of the trained (or, with ``estimated``, the estimated) rows of groups.csv."""
     rows = by_group[by_group["estimated"].astype(bool) == estimated]
-    return {str(r["group"]): {t: float(r[column(VALID, t, NLOSS)]) for t in group_tasks(str(r["group"]))}
-            for _, r in rows.iterrows()}
+    return task_values(rows, lambda t: column(VALID, t, NLOSS))
 
 
 def measure(dataset: str, strategies: list[str], output: Path) -> list[dict[str, Any]]:
@@ -99,13 +98,13 @@ def measure(dataset: str, strategies: list[str], output: Path) -> list[dict[str,
             "rank1": result.leaderboard.loc[0, "grouping"], "rho_own": "", "rho_all": ""}
         estimates = None
         if strategy == "exhaustive":
-            truth = trained_losses(result.groups, estimated=False)
+            truth = group_losses(result.groups, estimated=False)
         elif strategy == "pairs":
-            estimates = trained_losses(result.groups, estimated=True)
+            estimates = group_losses(result.groups, estimated=True)
         elif strategy == "estimate":
             measured = read_measurements(result.result_dir, with_estimates=True)
             estimates = measured.estimates if measured is not None else {}
-            row["rho_own"] = round(rank_agreement(estimates, trained_losses(result.groups, estimated=False)), 2)
+            row["rho_own"] = round(rank_agreement(estimates, group_losses(result.groups, estimated=False)), 2)
         if estimates is not None and truth is not None:
             row["rho_all"] = round(rank_agreement(estimates, truth), 2)
         print(" | ".join(str(v) for v in row.values()), flush=True)

@@ -30,7 +30,7 @@ from mtl_search.config import HYPERPARAMETERS, ExperimentSpec, TaskSpec
 from mtl_search.data import PreparedData, prepare, raw_features
 from mtl_search.errors import Interrupted, NothingToDo, ResultsMissingError
 from mtl_search.estimate import rank_agreement
-from mtl_search.grouping import group_tasks, grouping_groups
+from mtl_search.grouping import grouping_groups
 from mtl_search.leaderboard import (
     add_baseline_rows,
     add_estimates,
@@ -39,6 +39,7 @@ from mtl_search.leaderboard import (
     format_top,
     rank_groupings,
     selection_csv,
+    task_values,
 )
 from mtl_search.plots import plot_affinity
 from mtl_search.ray_session import check_resources, connect_ray, resolve_gpus, tracking_callbacks
@@ -199,7 +200,8 @@ def run_experiment(
             write_tables(result_dir, data, spec, by_group, board)  # only now: an interrupted run shows no final table
             agreement = None
             if measured is not None and measured.estimates:
-                agreement = rank_agreement(measured.estimates, _trained_losses(by_group, list(data.tasks)))
+                trained = by_group[~by_group["estimated"].astype(bool)]
+                agreement = rank_agreement(measured.estimates, task_values(trained, lambda t: column(VALID, t, NLOSS)))
                 echo(f"estimate: estimated vs trained validation losses of the trained groups, mean per-task "
                      f"Spearman {agreement:.2f}")
             wall = time.time() - started
@@ -335,13 +337,6 @@ def write_measurements(result_dir: Path, tasks: list[str], measured: Measurement
     frame = pd.DataFrame(affinity, index=pd.Index(tasks, name="source"), columns=tasks)
     storage.atomic_write_text(result_dir / storage.AFFINITY_FILE, frame.to_csv())
     plot_affinity(frame, result_dir / storage.PLOTS_DIR / AFFINITY_PNG)
-
-
-def _trained_losses(by_group: pd.DataFrame, tasks: list[str]) -> dict[str, dict[str, float]]:
-    """Each trained group's per-task validation nloss (``groups.csv``, estimated rows left out)."""
-    trained = by_group[~by_group["estimated"].astype(bool)]
-    return {str(row["group"]): {t: float(row[column(VALID, t, NLOSS)]) for t in group_tasks(str(row["group"]))}
-            for _, row in trained.iterrows() if all(t in tasks for t in group_tasks(str(row["group"])))}
 
 
 def _write_run_info(result_dir: Path, spec: ExperimentSpec, plan: SearchPlan, trials: pd.DataFrame,

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -89,30 +90,25 @@ def _task_key(task: str) -> str:
     return f"task_{task}"
 
 
-class TaskModules(nn.ModuleDict):
-    """Modules by task name, any task name (stored under :func:`_task_key`)."""
+class _ByTaskName:
+    """Item access by task name for an ``nn.ModuleDict`` or ``nn.ParameterDict`` (stored under :func:`_task_key`)."""
 
-    def __getitem__(self, task: str) -> nn.Module:
-        return super().__getitem__(_task_key(task))
+    def __getitem__(self, task: str) -> Any:
+        return super().__getitem__(_task_key(task))  # type: ignore[misc]
 
-    def __setitem__(self, task: str, module: nn.Module) -> None:
-        super().__setitem__(_task_key(task), module)
-
-    def __contains__(self, task: object) -> bool:
-        return isinstance(task, str) and super().__contains__(_task_key(task))
-
-
-class TaskParameters(nn.ParameterDict):
-    """Parameters by task name, any task name (stored under :func:`_task_key`)."""
-
-    def __getitem__(self, task: str) -> nn.Parameter:
-        return super().__getitem__(_task_key(task))
-
-    def __setitem__(self, task: str, value: torch.Tensor) -> None:
-        super().__setitem__(_task_key(task), value)
+    def __setitem__(self, task: str, value: Any) -> None:
+        super().__setitem__(_task_key(task), value)  # type: ignore[misc]
 
     def __contains__(self, task: object) -> bool:
-        return isinstance(task, str) and super().__contains__(_task_key(task))
+        return isinstance(task, str) and super().__contains__(_task_key(task))  # type: ignore[misc]
+
+
+class TaskModules(_ByTaskName, nn.ModuleDict):
+    """Modules by task name, any task name."""
+
+
+class TaskParameters(_ByTaskName, nn.ParameterDict):
+    """Parameters by task name, any task name."""
 
 
 def _hidden_stack(inputs: int, sizes: Sequence[int], architecture: Architecture, *, first: bool) -> nn.Sequential:

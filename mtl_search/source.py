@@ -32,8 +32,10 @@ def read_table(data: DataSpec) -> tuple[pd.DataFrame, dict[str, tuple[str, str]]
     _refuse_beyond_memory(path, name, source)
     try:
         if name.endswith((".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz")):
+            _refuse_duplicate_columns(path, name, source)  # from the header alone, before the table is read
             frame = pd.read_csv(path)
         elif name.endswith((".parquet", ".pq")):
+            _refuse_duplicate_columns(path, name, source)
             frame = pd.read_parquet(path)
         else:
             raise DataError(f"data file {source}: unsupported format; use .csv, .csv.gz or .parquet")
@@ -43,7 +45,6 @@ def read_table(data: DataSpec) -> tuple[pd.DataFrame, dict[str, tuple[str, str]]
         raise DataError(f"data file {source} cannot be read: {type(exc).__name__}: {exc}") from None
     if frame.empty:
         raise DataError(f"data file {source} holds no rows")
-    _refuse_duplicate_columns(path, name, source)
     return frame, {}, (), source
 
 

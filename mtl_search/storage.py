@@ -144,18 +144,23 @@ def _gone(holder: dict[str, Any] | None) -> bool:
     return False
 
 
-def _refuse_if_held(path: Path) -> None:
-    """Raise :class:`ResultsLockedError` when another live run holds ``path``."""
-    lock = path / LOCK_FILE
-    holder = _holder(lock) if lock.exists() else None
-    if holder is None or _gone(holder) or (holder.get("host"), holder.get("pid")) == (socket.gethostname(),
-                                                                                     os.getpid()):
-        return
-    raise ResultsLockedError(
+def _is_mine(holder: dict[str, Any] | None) -> bool:
+    return holder is not None and (holder.get("host"), holder.get("pid")) == (socket.gethostname(), os.getpid())
+
+
+def _in_use(path: Path, holder: dict[str, Any]) -> ResultsLockedError:
+    return ResultsLockedError(
         f"{path} is in use by another mtl_search run (host {holder.get('host')}, pid {holder.get('pid')}, "
         f"since {holder.get('started')}); wait for it to end, or choose another --name or --output. If "
-        f"that run is certainly gone, delete {lock}"
+        f"that run is certainly gone, delete {path / LOCK_FILE}"
     )
+
+
+def _refuse_if_held(path: Path) -> None:
+    """Raise :class:`ResultsLockedError` when another live run holds ``path``."""
+    holder = _holder(path / LOCK_FILE)
+    if holder is not None and not _is_mine(holder) and not _gone(holder):
+        raise _in_use(path, holder)
 
 
 def lock_result_dir(path: Path) -> None:
@@ -166,18 +171,18 @@ def lock_result_dir(path: Path) -> None:
         ResultsLockedError: another live run holds it (the message names its host, pid and start).
     """
     lock = path / LOCK_FILE
-    mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     for _ in range(3):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         except FileExistsError:
             holder = _holder(lock)
-            if holder is not None and holder.get("host") == mine["host"] and holder.get("pid") == mine["pid"]:
+            if _is_mine(holder):
                 return
-            if _gone(holder):
-                lock.unlink(missing_ok=True)
-                continue
-            _refuse_if_held(path)
+            if not _gone(holder):
+                raise _in_use(path, holder) from None  # type: ignore[arg-type]
+            lock.unlink(missing_ok=True)
+            continue
+        mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         with os.fdopen(fd, "w") as handle:
             handle.write(json.dumps(mine) + "\n")
         return
@@ -186,10 +191,8 @@ def lock_result_dir(path: Path) -> None:
 
 def unlock_result_dir(path: Path) -> None:
     """Let go of ``path`` if this process holds it."""
-    lock = path / LOCK_FILE
-    holder = _holder(lock)
-    if holder is not None and holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid():
-        lock.unlink(missing_ok=True)
+    if _is_mine(_holder(path / LOCK_FILE)):
+        (path / LOCK_FILE).unlink(missing_ok=True)
 
 
 def discard_replaced(location: ResultLocation) -> None:
