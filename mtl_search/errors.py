@@ -39,6 +39,10 @@ class ResultsMissingError(UserError):
     """There are no results where a command expects them (e.g. nothing to resume)."""
 
 
+class ResumeRefused(UserError):
+    """A resume would continue a search with another spec or other data than it started with."""
+
+
 class ClusterError(UserError):
     """The cluster cannot be reached, refuses us, or does not know the job."""
 

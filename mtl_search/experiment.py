@@ -28,8 +28,9 @@ from mtl_search import __version__, storage
 from mtl_search.baselines import RawFeatures, baseline_rows
 from mtl_search.config import HYPERPARAMETERS, ExperimentSpec, TaskSpec
 from mtl_search.data import PreparedData, prepare, raw_features
-from mtl_search.errors import Interrupted, NothingToDo, ResultsMissingError
+from mtl_search.errors import Interrupted, NothingToDo, ResultsMissingError, ResumeRefused
 from mtl_search.estimate import rank_agreement
+from mtl_search.fingerprint import differences, fingerprint
 from mtl_search.grouping import grouping_groups
 from mtl_search.leaderboard import (
     add_baseline_rows,
@@ -118,6 +119,7 @@ def run_experiment(
     address: str | None = None,
     verbose: bool = False,
     echo: Echo = print,
+    publish_to: str | None = None,
 ) -> ExperimentResult:
     """Run the whole experiment a spec describes and write its result directory.
 
@@ -129,6 +131,7 @@ def run_experiment(
         address: the Ray cluster to join (default: ``RAY_ADDRESS``, else a local Ray).
         verbose: show Ray's own logs.
         echo: where progress lines go.
+        publish_to: with ``resume``, the URI the results are copied to (a URI run resumed from its staging folder).
 
     Raises:
         UserError: the spec, the data or the result directory is unusable (before any training).
@@ -142,6 +145,8 @@ def run_experiment(
     tracking_callbacks(spec, spec.result_dir())  # a missing tracking package fails before anything runs
     # A URI output (s3://, gs://, file://) is written to a local staging folder and published at the end.
     location = storage.results_to_resume(spec) if resume else storage.prepare_results(spec, overwrite=overwrite)
+    if publish_to is not None:  # resuming a URI run's staging folder: its results still go to the URI
+        location = replace(location, uri=publish_to)
     result_dir = location.path
     if resume and (result_dir / storage.RUN_FILE).is_file() and (result_dir / storage.LEADERBOARD_FILE).is_file():
         storage.unlock_result_dir(result_dir)
@@ -149,8 +154,13 @@ def run_experiment(
                           f"nothing was retrained. Review it with `mtl-search leaderboard {result_dir}` (plots: "
                           f"`mtl-search report {result_dir}`)")
     try:
-        if not resume:
+        columns = [*data.input_columns, *(task.column for task in data.tasks.values())]
+        started_with = fingerprint(resolved_spec(spec, data), columns)
+        if resume:
+            _refuse_changes(result_dir, started_with)
+        else:
             storage.atomic_write_text(result_dir / storage.CONFIG_FILE, resolved_spec(spec, data).to_yaml())
+            storage.atomic_write_text(result_dir / storage.FINGERPRINT_FILE, json.dumps(started_with, indent=1))
         echo(data.summary())
         connect_ray(address, verbose=verbose)
         settings = TrialSettings.from_spec(spec, gpus_per_worker=resolve_gpus(spec),
@@ -242,7 +252,32 @@ def resume_experiment(result_dir: Path, *, address: str | None = None, verbose: 
                                   "directory; pass the folder `run` wrote, e.g. results/<name>")
     # The folder may have moved since: its location, not the recorded output, is where to continue.
     spec = load_spec(config, [literal_override("output", result_dir.parent), literal_override("name", result_dir.name)])
-    return run_experiment(spec, resume=True, address=address, verbose=verbose, echo=echo)
+    # A URI run's staging folder: once finished, its results go where the run was to put them.
+    started = load_spec(config)
+    publish_to = storage.join_uri(started.output, started.name) if storage.is_uri(started.output) else None
+    if publish_to is not None:
+        echo(f"resume: staging folder of {publish_to}; the results are copied there when the run ends")
+    return run_experiment(spec, resume=True, address=address, verbose=verbose, echo=echo, publish_to=publish_to)
+
+
+def _refuse_changes(result_dir: Path, now: dict) -> None:
+    """Refuse to resume with a spec or data other than the run started with (``fingerprint.json``)."""
+    path = result_dir / storage.FINGERPRINT_FILE
+    if not path.is_file():  # a run started before fingerprints were recorded: nothing to compare
+        return
+    try:
+        recorded = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ResumeRefused(f"cannot resume {result_dir}: {path.name} is damaged ({exc}); it records what the run "
+                            "started with, so the run cannot be checked") from None
+    changed = differences(recorded, now)
+    if changed:
+        shown = "\n  ".join(changed[:20]) + (f"\n  ... and {len(changed) - 20} more" if len(changed) > 20 else "")
+        raise ResumeRefused(
+            f"cannot resume {result_dir}: the spec or the data changed since the run started, and a search "
+            f"continued with other settings or data would rank trials that are not comparable:\n  {shown}\n"
+            f"Put back what changed (the spec is {result_dir / storage.CONFIG_FILE}), or start a new run with the "
+            "new settings (`mtl-search run SPEC --name NEW_NAME`)")
 
 
 def confirm_seeds(spec: ExperimentSpec) -> list[int]:
@@ -359,6 +394,9 @@ def _write_run_info(result_dir: Path, spec: ExperimentSpec, plan: SearchPlan, tr
         "median_train_loop_s": _median(ok, "train_loop_s"),
         "median_overhead_s": _median(ok, "overhead_s"),
     }
+    started_with = result_dir / storage.FINGERPRINT_FILE
+    if started_with.is_file():
+        info["fingerprint"] = json.loads(started_with.read_text())
     if estimate_rank_correlation is not None:  # grouping.candidates: estimate (NaN: too few trained groups)
         info["estimate_rank_correlation"] = (None if math.isnan(estimate_rank_correlation)
                                              else round(estimate_rank_correlation, 3))

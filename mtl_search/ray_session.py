@@ -39,6 +39,7 @@ def connect_ray(address: str | None = None, *, verbose: bool = False, num_cpus: 
         # A local machine has no spot preemption to watch for: skip the watcher actor each Train run starts.
         env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
         warn_about_other_local_ray()
+        keep_token_private()
     ray.init(
         address=address,
         num_cpus=num_cpus,
@@ -46,6 +47,39 @@ def connect_ray(address: str | None = None, *, verbose: bool = False, num_cpus: 
         logging_level=logging.INFO if verbose else logging.WARNING,
         log_to_driver=verbose,
     )
+
+
+def token_path() -> Path:
+    """Where Ray reads its authentication token: ``RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``."""
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
+
+
+def keep_token_private() -> Path | None:
+    """Make sure the token a new local Ray uses is readable by its owner only; return the file, if any.
+
+    Ray 2.60 turns token authentication on for a new local ``ray.init()`` and, when no token exists,
+    writes one with the default umask (mode 644 here: every user of the machine could read it and use
+    the local cluster). So a missing token is created here first, mode 600, as ``cluster/local.sh`` does;
+    an existing one of ours that others can read is made owner-only (and that is said). Nothing is done
+    when the token comes from ``RAY_AUTH_TOKEN`` or authentication is turned off (``RAY_AUTH_MODE``).
+    """
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return None
+    path = token_path()
+    if not path.exists():
+        import secrets
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_hex(32))  # 256 random bits, as `ray get-auth-token --generate` makes
+        return path
+    info = path.stat()
+    if info.st_mode & 0o077 and info.st_uid == os.getuid():
+        path.chmod(0o600)
+        print(f"note: {path} (Ray's authentication token) was readable by other users (mode "
+              f"{info.st_mode & 0o777:o}); it is now readable by its owner only", file=sys.stderr)
+    return path
 
 
 #: How long to wait for a Ray head to answer before saying it cannot be reached (ray.init retries for minutes).

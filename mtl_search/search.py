@@ -20,10 +20,7 @@ What a trial runs is :mod:`mtl_search.ray_train`; early stopping within a group
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import shutil
 import signal
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -53,6 +50,7 @@ from mtl_search.results import for_csv, read_trial_rows
 from mtl_search.scheduler import GroupedASHAScheduler
 from mtl_search.schemes import search_domains
 from mtl_search.trial import TrialSettings
+from mtl_search.tune_state import StateKeeper, repair, restore_deleted_checkpoints
 
 #: Hyperparameters that mean nothing for a group of one task.
 MULTI_TASK_ONLY = ("sharing_depth", "weighting")
@@ -153,46 +151,6 @@ class SearchPlan:
     settings: TrialSettings
 
 
-def restore_deleted_checkpoints(tune_dir: Path) -> list[Path]:
-    """Put back the trial checkpoints that a killed run's last experiment snapshot names but Tune had deleted.
-
-    Tune keeps one checkpoint per trial (``num_to_keep=1``): registering a new one deletes the old
-    one at once, while the experiment snapshot that names the new one is written a moment later, in
-    the background. A run killed in between leaves a snapshot naming a deleted checkpoint, and
-    restoring that trial fails ("Could not recover from checkpoint as it does not exist"). Each such
-    checkpoint is recreated as a copy of the trial's newest one, so the trial resumes from its newest
-    state (which records its own epoch) instead of failing.
-
-    Returns:
-        the checkpoint folders recreated.
-    """
-    snapshots = sorted(tune_dir.glob("experiment_state-*.json"))
-    if not snapshots:
-        return []
-    restored = []
-    for trial_json, runtime_json in json.loads(snapshots[-1].read_text()).get("trial_data", []):
-        trial_dir = tune_dir / str(json.loads(trial_json).get("relative_logdir", ""))
-        existing = sorted(trial_dir.glob("checkpoint_[0-9]*")) if trial_dir.is_dir() else []
-        # The checkpoint manager is stored pickled (hex); the folder names show through as text.
-        named = set(re.findall(r"checkpoint_\d{6}", runtime_json + _pickled_text(json.loads(runtime_json))))
-        for name in sorted(named):
-            if existing and not (trial_dir / name).exists():
-                shutil.copytree(existing[-1], trial_dir / name)
-                restored.append(trial_dir / name)
-    return restored
-
-
-def _pickled_text(value: Any) -> str:
-    """The bytes of every pickled value Tune stored in a JSON state (``CLOUDPICKLE_FALLBACK``), as text."""
-    if isinstance(value, dict):
-        if value.get("_type") == "CLOUDPICKLE_FALLBACK" and isinstance(value.get("value"), str):
-            return bytes.fromhex(value["value"]).decode("latin-1")
-        return "".join(_pickled_text(v) for v in value.values())
-    if isinstance(value, list):
-        return "".join(_pickled_text(v) for v in value)
-    return ""
-
-
 def fit_interruptibly(tuner: tune.Tuner, result_dir: Path) -> tune.ResultGrid:
     """``tuner.fit()``, except that Ctrl-C or SIGTERM ends it as :class:`Interrupted` instead of a normal return.
 
@@ -268,6 +226,11 @@ def run_search(
     recorder = TrialRecorder(trials_path, max_epochs=max_epochs, groups_of=plan.settings.trial_groups,
                              progress=progress)
     tune_path = result_dir / storage.TUNE_DIR
+    keep_path = result_dir / storage.TUNE_STATE_DIR
+    if resume:
+        repaired = repair(tune_path, keep_path)
+        if repaired:
+            echo(f"resume: {repaired}")
     if resume and tune.Tuner.can_restore(str(tune_path)):
         for path in restore_deleted_checkpoints(tune_path):
             echo(f"resume: {path.parent.name[:40]}...: its last recorded checkpoint had been replaced by a newer "
@@ -295,7 +258,7 @@ def run_search(
             run_config=tune.RunConfig(
                 name=storage.TUNE_DIR,
                 storage_path=str(result_dir),
-                callbacks=[recorder, *tracking_callbacks(spec, result_dir)],
+                callbacks=[recorder, StateKeeper(tune_path, keep_path), *tracking_callbacks(spec, result_dir)],
                 verbose=2 if verbose else 0,
                 failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 CONFIG_FILE = "config.yaml"
 RUN_FILE = "run.json"
+#: What a run started with (spec and data), checked by ``resume``.
+FINGERPRINT_FILE = "fingerprint.json"
 TRIALS_FILE = "trials.csv"
 GROUPS_FILE = "groups.csv"
 LEADERBOARD_FILE = "leaderboard.csv"
@@ -50,10 +52,14 @@ SELECTION_FILE = "selection.csv"
 PLOTS_DIR = "plots"
 TUNE_DIR = "tune"
 TRAIN_DIR = "train"
+#: Complete copies of Tune's saved state, taken while a search runs (see ``tune_state``).
+TUNE_STATE_DIR = ".tune_state"
 #: Marks a folder as an mtl_search result directory: the only kind ``--overwrite`` deletes.
 MARKER_FILE = ".mtl_search"
 #: Held by the one run that writes a result directory (JSON: host, pid, started).
 LOCK_FILE = ".mtl_search.lock"
+#: How a URI run's local staging folder (``tempfile.mkdtemp``) is named.
+STAGING_PREFIX = "mtl_search-"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -287,7 +293,7 @@ def prepare_results(spec: ExperimentSpec, *, overwrite: bool = False) -> ResultL
         return ResultLocation(path, replaced=replaced)
     uri = join_uri(spec.output, spec.name)
     prepare_remote_dir(uri, overwrite=overwrite)
-    staging, _ = prepare_result_dir(Path(tempfile.mkdtemp(prefix=f"mtl_search-{spec.name}-")) / spec.name)
+    staging, _ = prepare_result_dir(Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{spec.name}-")) / spec.name)
     return ResultLocation(staging, uri)
 
 
@@ -356,7 +362,10 @@ def publish_results(location: ResultLocation, *, echo: Callable[[str], None] | N
     fs, path = open_uri(location.uri)
     pyarrow.fs.copy_files(str(location.path), path, source_filesystem=pyarrow.fs.LocalFileSystem(),
                           destination_filesystem=fs)
+    staging = location.path.parent  # the mkdtemp folder around it; a folder the user chose is never removed
+    remove_staging = remove_staging and staging.name.startswith(STAGING_PREFIX) and [
+        path.name for path in staging.iterdir()] == [location.path.name]
     if remove_staging:
-        shutil.rmtree(location.path.parent, ignore_errors=True)  # the mkdtemp folder around it
+        shutil.rmtree(staging, ignore_errors=True)
     if echo is not None:
         echo(f"results copied to {location.uri}" + ("" if remove_staging else f" (staged in {location.path})"))

@@ -22,7 +22,8 @@ ROOT = PACKAGE.parent
 
 #: The modules that may import Ray: the search and what runs inside or beside it on Ray.
 RAY_MODULES = {"mtl_search.ray_session", "mtl_search.search", "mtl_search.scheduler", "mtl_search.recorder",
-               "mtl_search.ray_train", "mtl_search.ray_tasks", "mtl_search.jobs"}
+               "mtl_search.ray_train", "mtl_search.ray_tasks", "mtl_search.jobs",
+               "mtl_search.tune_state"}
 #: Modules that, with everything they import, must load neither torch nor Ray: what `validate`, the spec,
 #: the data and reviewing results need.
 LIGHT_MODULES = ["mtl_search.config", "mtl_search.spec_file", "mtl_search.domain", "mtl_search.schemes",
@@ -30,7 +31,7 @@ LIGHT_MODULES = ["mtl_search.config", "mtl_search.spec_file", "mtl_search.domain
                  "mtl_search.metrics", "mtl_search.grouping", "mtl_search.selection", "mtl_search.networks_csv",
                  "mtl_search.baselines", "mtl_search.trial", "mtl_search.storage", "mtl_search.results",
                  "mtl_search.leaderboard", "mtl_search.review", "mtl_search.tables", "mtl_search.plots",
-                 "mtl_search.report", "mtl_search.progress", "mtl_search.cli"]
+                 "mtl_search.report", "mtl_search.progress", "mtl_search.cli", "mtl_search.fingerprint"]
 
 
 def module_name(path: Path) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -102,9 +103,14 @@ def test_run_in_a_fresh_process_writes_the_documented_results(write_spec, tmp_pa
     spec = write_spec(planted_spec_dict(tmp_path, **{"data.params": {"rows": 400, "features": 8, "clusters": 1,
                                                                      "tasks_per_cluster": 3},
                                                      "search.num_samples": 3, "baselines": ["gbdt"]}))
+    token = tmp_path / "ray" / "auth_token"  # where this run's local Ray keeps its token (not the user's own)
+    env = {**os.environ, "RAY_AUTH_TOKEN_PATH": str(token)}
+    env.pop("RAY_AUTH_TOKEN", None)
+    env.pop("RAY_AUTH_MODE", None)
     done = subprocess.run([sys.executable, "-m", "mtl_search", "run", str(spec), "--set", "space.epochs=3"],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert token.stat().st_mode & 0o777 == 0o600  # the local Ray's token: readable by its owner only
     assert "top groupings" in done.stdout and "[3/3, " in done.stdout and "baseline:gbdt" in done.stdout
     assert "7 networks" in done.stdout  # a trial trains every candidate group (unit: pack)
     out = tmp_path / "results" / "planted"

@@ -13,10 +13,10 @@ import pytest
 from mtl_search.search import (
     MULTI_TASK_ONLY,
     DefineByRunSpace,
-    restore_deleted_checkpoints,
     seed_points,
 )
 from mtl_search.spec_file import spec_from_dict
+from mtl_search.tune_state import restore_deleted_checkpoints
 
 from .conftest import planted_spec_dict
 
