@@ -282,12 +282,14 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from mtl_search.baselines import check_baselines
     from mtl_search.data import prepare
     from mtl_search.storage import result_location_text
 
     spec = _load(args)
     data = prepare(spec)
     spec.grouping.check_size(list(data.tasks))
+    check_baselines(data, spec.baselines)
     strategy = spec.grouping.strategy()
     print(data.summary())
     if strategy.needs_affinity:

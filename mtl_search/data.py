@@ -135,7 +135,9 @@ def prepare(spec: ExperimentSpec) -> PreparedData:
                 )
     encodings = [str(name) for name in spec.space.numeric_encoding.candidates()]
     encoded_features = {name: encode_features(frame[features], index, origin, name,
-                                              max_categories=spec.data.max_categories) for name in encodings}
+                                              max_categories=spec.data.max_categories,
+                                              notes=notes if name == encodings[0] else None)  # said once
+                        for name in encodings}
     x, feature_names = encoded_features[encodings[0]]
     splits = {
         split: SplitArrays(x=x[split], y=labels[split], mask=masks[split], trivial_loss=trivial[split])
@@ -165,7 +167,7 @@ def _split_rows(
             f"{sizes['test']} test, and each needs at least {MIN_ROWS['train']}/{MIN_ROWS['valid']}/"
             f"{MIN_ROWS['test']}; use at least {need} rows or change data.split"
         )
-    stratify = _stratify_key(frame, tasks, notes)
+    stratify = _stratify_key(frame, tasks, notes, smallest=min(sizes.values()))
     rows = np.arange(n)
     rest, test_rows = train_test_split(rows, test_size=sizes["test"], random_state=seed,
                                        stratify=stratify)
@@ -175,12 +177,19 @@ def _split_rows(
     return {"train": np.sort(train_rows), "valid": np.sort(valid_rows), "test": np.sort(test_rows)}
 
 
-def _stratify_key(frame: pd.DataFrame, tasks: dict[str, tuple[str, str]], notes: list[str]) -> np.ndarray | None:
-    """The first classification task's labels, to stratify on, if every class has at least 3 rows."""
+def _stratify_key(frame: pd.DataFrame, tasks: dict[str, tuple[str, str]], notes: list[str], *,
+                  smallest: int | None = None) -> np.ndarray | None:
+    """The first classification task's labels, to stratify on, if every class has at least 3 rows and every
+    split (the smallest has ``smallest`` rows) can hold one row of each class."""
     for name, (column, kind) in tasks.items():
         if kind in (BINARY, MULTICLASS):
             key = frame[column].astype("string").fillna(MISSING_CATEGORY)
-            if key.value_counts().min() >= 3:
+            counts = key.value_counts()
+            if smallest is not None and len(counts) > smallest:
+                notes.append(f"split not stratified: task {name} has {len(counts):,} classes, more than the "
+                             f"{smallest:,} rows of the smallest split")
+                return None
+            if counts.min() >= 3:
                 notes.append(f"split stratified on task {name}")
                 return key.to_numpy()
             return None
@@ -219,7 +228,7 @@ def _split_by_column(
             raise DataError(f"data.split: column {column} in {origin} names {len(rows)} {source} row(s); a fraction "
                             f"{split.valid:g} of them cannot leave at least {MIN_ROWS['valid']} validation and "
                             f"{MIN_ROWS[source]} {source} rows")
-        stratify = _stratify_key(frame.iloc[rows], tasks, notes)
+        stratify = _stratify_key(frame.iloc[rows], tasks, notes, smallest=min(size, len(rows) - size))
         kept, valid = train_test_split(rows, test_size=size, random_state=seed, stratify=stratify)
         index[source], index["valid"] = np.sort(kept), np.sort(valid)
         notes.append(f"split follows column {column}; validation = {split.valid:g} of its {source} rows (seeded)")

@@ -266,9 +266,23 @@ def _refuse_garbled_numbers(values: pd.Series, origin: str) -> None:
         )
 
 
+def _folded_categories(encoder: Any, columns: list[str], max_categories: int) -> list[str]:
+    """A line for each column whose categories ``max_categories`` cut down (rare ones always share)."""
+    lines = []
+    for column, seen, infrequent in zip(columns, encoder.categories_, encoder.infrequent_categories_,
+                                        strict=True):
+        if infrequent is None or len(seen) - len(infrequent) < max_categories - 1:
+            continue  # nothing folded, or only categories rarer than 10 training rows
+        shown = ", ".join(repr(str(value)) for value in list(infrequent)[:3])
+        lines.append(f"feature column {column}: {len(seen):,} categories; the {len(seen) - len(infrequent):,} most "
+                     f"frequent keep a column each, the other {len(infrequent):,} ({shown}, ...) share one "
+                     f"(data.max_categories: {max_categories}; raise it to keep more)")
+    return lines
+
+
 def encode_features(
     frame: pd.DataFrame, index: dict[str, np.ndarray], origin: str, numeric_encoding: str = "standard", *,
-    max_categories: int | None = None,
+    max_categories: int | None = None, notes: list[str] | None = None,
 ) -> tuple[dict[str, np.ndarray], list[str]]:
     """Encode numeric columns and one-hot encode the rest, every transform fitted on the training rows only.
 
@@ -286,6 +300,7 @@ def encode_features(
 
     Other columns are one-hot encoded; categories rarer than 10 training rows share one column, and a
     column keeps at most ``max_categories`` columns (its most frequent categories; the rest share one).
+    A column cut down by ``max_categories`` gets a line in ``notes`` (how many categories, which share).
     The networks read one-hot columns as embedding lookups (:mod:`mtl_search.packed`).
     """
     from sklearn.compose import ColumnTransformer
@@ -333,6 +348,8 @@ def encode_features(
                                                   dtype=np.float32), categorical))
     encoder = ColumnTransformer(transformers, sparse_threshold=0.0, verbose_feature_names_out=False)
     encoder.fit(table.iloc[index["train"]])
+    if categorical and notes is not None and max_categories is not None:
+        notes.extend(_folded_categories(encoder.named_transformers_["cat"], categorical, max_categories))
     names = [str(n) for n in encoder.get_feature_names_out()]
     out = {split: np.ascontiguousarray(encoder.transform(table.iloc[rows]), dtype=np.float32)
            for split, rows in index.items()}

@@ -25,7 +25,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from mtl_search import __version__, storage
-from mtl_search.baselines import RawFeatures, baseline_rows
+from mtl_search.baselines import RawFeatures, baseline_rows, check_baselines
 from mtl_search.config import HYPERPARAMETERS, ExperimentSpec, TaskSpec
 from mtl_search.data import PreparedData, prepare, raw_features
 from mtl_search.errors import Interrupted, NothingToDo, ResultsMissingError, ResumeRefused
@@ -139,6 +139,7 @@ def run_experiment(
     started = time.time()
     data = prepare(spec)
     spec.grouping.check_size(list(data.tasks))  # before any group is listed or anything is written
+    check_baselines(data, spec.baselines)
     strategy = spec.grouping.strategy()
     if not strategy.needs_affinity:  # check the budget before anything is written
         spec.num_samples(strategy.propose(list(data.tasks)))

@@ -110,6 +110,17 @@ def _all(*changes: Change) -> Change:
     return change
 
 
+def _wide_target(classes: int) -> Change:
+    """A multiclass target ``species`` with ``classes`` classes, two rows each (the table grows to hold them)."""
+    def change(inputs: Inputs) -> None:
+        rows = 2 * classes
+        inputs.table = pd.concat([inputs.table] * (rows // len(inputs.table) + 1), ignore_index=True).iloc[:rows]
+        inputs.table["species"] = [f"s{i % classes}" for i in range(rows)]
+        inputs.spec["data"]["tasks"]["species"] = {"column": "species", "type": "multiclass"}
+        inputs.spec["data"]["split"] = {"valid": 0.05, "test": 0.05}  # most classes seen in training
+    return change
+
+
 def _file(name: str, content: bytes | None = None) -> Change:
     """Point data.source at ``name``, written with ``content`` (the table in its format when None)."""
     def change(inputs: Inputs) -> None:
@@ -279,6 +290,10 @@ CASES: dict[str, tuple[Change, list[str]]] = {
         _args("--address", "headnode", command="run"), [r"--address 'headnode'", r"expected host:port"]),
     "resume with nothing to resume": (
         _args("--resume", command="run"), [r"nothing to resume", r"small", r"mtl-search run"]),
+    "gbdt baseline for a 5,000-class target": (
+        _all(_wide_target(classes=5000), _set("baselines", ["gbdt"])),
+        [r"baselines: gbdt grows one tree per class", r"species \([\d,]+ classes\) have more than 200",
+         r"remove gbdt from baselines"]),
 }
 
 

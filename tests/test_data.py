@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -240,10 +241,15 @@ def test_max_categories_caps_a_categorical_columns_one_hot_block(tmp_path: Path)
     frame["region"] = [f"r{i % 40}" for i in range(len(frame))]  # 40 categories of ~10 training rows
     path = tmp_path / "t.csv"
     frame.to_csv(path, index=False)
-    wide = prepare(spec_for(path)).feature_names
-    capped = prepare(spec_for(path, max_categories=5)).feature_names
-    assert sum(name.startswith("region_") for name in capped) == 5
-    assert sum(name.startswith("region_") for name in wide) > 5
+    wide = prepare(spec_for(path))
+    capped = prepare(spec_for(path, max_categories=5))
+    assert sum(name.startswith("region_") for name in capped.feature_names) == 5
+    assert sum(name.startswith("region_") for name in wide.feature_names) > 5
+    folded = [note for note in capped.notes if note.startswith("feature column region:")]
+    assert len(folded) == 1, capped.notes  # said once, in the summary a run prints
+    assert re.search(r"40 categories; the 4 most frequent keep a column each, the other 36 \('r\d+', .*\) share "
+                     r"one \(data.max_categories: 5; raise it", folded[0]), folded[0]
+    assert not any("region" in note for note in wide.notes)  # rare categories sharing a column is no news
 
 
 def test_periodic_encoding_is_the_value_and_its_sines_and_cosines():
@@ -270,3 +276,15 @@ def test_piecewise_linear_encoding_follows_the_published_formula():
     assert list(encoder.get_feature_names_out(["x"])) == ["x_bin0", "x_bin1", "x_bin2", "x_bin3"]
     constant = PiecewiseLinear().fit(np.ones((5, 1)))
     assert constant.transform(np.array([[7.0]])).tolist() == [[0.0]]
+
+
+def test_a_target_with_more_classes_than_a_split_has_rows_is_split_without_stratifying(tmp_path: Path):
+    frame = make_table(rows=200)
+    frame["kind"] = [f"k{i % 60}" for i in range(len(frame))]  # 60 classes, 3-4 rows each; 30 validation rows
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    spec = spec_from_dict({"name": "t", "data": {"source": str(path), "tasks": {
+        "kind": {"column": "kind", "type": "multiclass"}, "price": {"column": "price", "type": "regression"}}}})
+    data = prepare(spec)  # scikit-learn's stratified split refuses 60 classes in 30 rows
+    assert "split not stratified: task kind has 60 classes, more than the 30 rows of the smallest split" in data.notes
+    assert sum(data.splits[s].rows for s in SPLITS) == 200
