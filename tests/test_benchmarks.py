@@ -54,3 +54,11 @@ def test_ranking_benchmark_finds_the_top_groupings_it_asks_for():
     assert [row[3] for row in rows] == ["structured", "noise"] and all(row[-1] == "10" for row in rows)
     asked = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith(("12 | 3", "30 | 3"))]
     assert len(asked) == 2 and 0 < int(asked[0][3]) < int(asked[1][3]) < 20_000
+
+
+def test_tune_state_benchmark_times_the_copy_and_the_resume_check():
+    script = SCRIPT.parent / "tune_state.py"
+    done = subprocess.run([sys.executable, str(script), "--trials", "3", "--per-trial-kb", "4", "--repeats", "1"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^\s+3\s+[\d.]+\s+[\d.]+\s+[\d.]+$", done.stdout, re.MULTILINE), done.stdout

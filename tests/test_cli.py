@@ -104,7 +104,7 @@ def test_run_in_a_fresh_process_writes_the_documented_results(write_spec, tmp_pa
                                                                      "tasks_per_cluster": 3},
                                                      "search.num_samples": 3, "baselines": ["gbdt"]}))
     token = tmp_path / "ray" / "auth_token"  # where this run's local Ray keeps its token (not the user's own)
-    env = {**os.environ, "RAY_AUTH_TOKEN_PATH": str(token)}
+    env = {**os.environ, "RAY_AUTH_TOKEN_PATH": str(token), "RAY_ADDRESS": ""}  # empty, as CI templates set it
     env.pop("RAY_AUTH_TOKEN", None)
     env.pop("RAY_AUTH_MODE", None)
     done = subprocess.run([sys.executable, "-m", "mtl_search", "run", str(spec), "--set", "space.epochs=3"],
