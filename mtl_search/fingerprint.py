@@ -48,13 +48,14 @@ def fingerprint(spec: ExperimentSpec, columns: list[str]) -> dict[str, Any]:
     return {"spec": resolved, "data": data}
 
 
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict) and value:
-        flat: dict[str, Any] = {}
-        for key, item in value.items():
-            flat.update(_flat(item, f"{prefix}{key}."))
-        return flat
-    return {prefix.rstrip("."): value}
+def _changes(old: Any, new: Any, key: str = "") -> list[str]:
+    """``key: old -> new`` for each recorded setting whose value differs (mappings compared key by key)."""
+    if isinstance(old, dict) and isinstance(new, dict) and old and new:
+        # A key the record lacks is a setting a later mtl_search added (every setting is recorded, defaults too).
+        return [line for name in old for line in _changes(old[name], new.get(name, "<absent>"), f"{key}{name}.")]
+    if old == new:
+        return []
+    return [f"spec {key.rstrip('.')}: {_short(old)} -> {_short(new)}"]
 
 
 def _short(value: Any) -> str:
@@ -65,14 +66,10 @@ def _short(value: Any) -> str:
 def differences(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """What changed between two fingerprints, one line each (empty: the same run).
 
-    A data file whose modification time changed but whose bytes did not counts as the same.
+    A data file whose modification time changed but whose bytes did not counts as the same, and so does a
+    spec setting the record does not have (one a later version of mtl_search added, at its default).
     """
-    lines = []
-    old_spec, new_spec = _flat(recorded.get("spec", {})), _flat(now.get("spec", {}))
-    for key in sorted(old_spec.keys() | new_spec.keys()):
-        if old_spec.get(key, "<absent>") != new_spec.get(key, "<absent>"):
-            lines.append(f"spec {key}: {_short(old_spec.get(key, '<absent>'))} -> "
-                         f"{_short(new_spec.get(key, '<absent>'))}")
+    lines = _changes(recorded.get("spec", {}), now.get("spec", {}))
     old_data, new_data = recorded.get("data", {}), now.get("data", {})
     for key in ("source", "path", "bytes"):
         if old_data.get(key) != new_data.get(key):

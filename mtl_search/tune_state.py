@@ -137,7 +137,7 @@ def repair(tune_dir: Path, keep_dir: Path) -> str | None:
     """Make the newest saved state in ``tune_dir`` one that Tune can restore; say what was done.
 
     A sound newest state is left alone (returns None). Otherwise the sound state with the most trials (the
-    keeper's copies and every earlier session's files; the newest of equals) takes its place: the damaged
+    keeper's copies and every earlier session's files; the latest of equals) takes its place: the damaged
     files, and those of any later session, are moved into ``keep_dir`` (``set-aside-<time>``), never deleted.
 
     Raises:
@@ -149,14 +149,17 @@ def repair(tune_dir: Path, keep_dir: Path) -> str | None:
     newest = check(tune_dir, found[-1])
     if newest.problem is None:
         return None
+    # Oldest first: among equals (trials, then session), the later one wins, and a session's own files (its
+    # last save) come after any copy of it.
     candidates = [check(copy, session) for copy in _copies(keep_dir) for session in sessions(copy)]
     candidates += [check(tune_dir, session) for session in found[:-1]]
-    sound = [state for state in candidates if state.problem is None]
+    sound = [(state.trials, state.session, order, state) for order, state in enumerate(candidates)
+             if state.problem is None]
     if not sound:
         raise ResultsMissingError(
             f"cannot resume {tune_dir.parent}: Tune's saved state is damaged ({newest.problem}) and no complete "
             f"copy of it exists; start the search again with `mtl-search run SPEC --overwrite`")
-    best = max(sound, key=lambda state: (state.trials, state.session, state.folder != tune_dir))
+    best = max(sound, key=lambda ranked: ranked[:3])[3]
     aside = keep_dir / f"set-aside-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     aside.mkdir(parents=True, exist_ok=True)
     for session in found:

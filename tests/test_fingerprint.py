@@ -62,3 +62,16 @@ def test_a_builtin_source_is_fixed_by_its_name_and_params():
     assert "sha256" not in recorded["data"]
     other = spec_from_dict({"name": "b", "data": {"source": "builtin:planted", "params": {"rows": 200}}})
     assert differences(recorded, fingerprint(other, ["a0"])) == ["spec data.params.rows: 100 -> 200"]
+
+
+def test_a_setting_a_later_version_added_is_not_a_change(tmp_path: Path):
+    data = table(tmp_path / "t.csv")
+    recorded = fingerprint(spec_for(data), ["x", "y"])
+    del recorded["spec"]["space"]["epochs"]  # as if this version had no such setting
+    assert differences(recorded, fingerprint(spec_for(data), ["x", "y"])) == []
+
+
+def test_a_mapping_that_was_empty_shows_whole():
+    recorded = {"spec": {"data": {"params": {}}}, "data": {}}
+    now = {"spec": {"data": {"params": {"rows": 5}}}, "data": {}}
+    assert differences(recorded, now) == ['spec data.params: {} -> {"rows": 5}']

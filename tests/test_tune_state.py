@@ -128,3 +128,16 @@ def test_the_keeper_copies_on_trial_starts_and_ends_and_throttles_checkpoints(tm
     assert sorted(path.name for path in keep_dir.iterdir()) == ["1"]
     keeper.on_trial_complete(0, [], None)
     assert check(keep_dir / "2", EARLY).trials == 2
+
+
+def test_repair_prefers_a_sessions_own_last_save_to_an_older_copy_of_it(tmp_path: Path):
+    tune_dir, keep_dir = tmp_path / "tune", tmp_path / "keep"
+    save_state(tune_dir, EARLY, 2)
+    keep_copy(tune_dir, keep_dir)  # a copy of the earlier session, taken while it ran
+    save_state(tune_dir, EARLY, 2)  # its last save: the same trials, further on
+    final = (tune_dir / f"experiment_state-{EARLY}.json").read_bytes()
+    save_state(tune_dir, LATE, 2)
+    cut_short(tune_dir / f"experiment_state-{LATE}.json")
+    message = repair(tune_dir, keep_dir)
+    assert message is not None and f"its session {EARLY}" in message
+    assert (tune_dir / f"experiment_state-{EARLY}.json").read_bytes() == final
