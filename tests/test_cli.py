@@ -203,6 +203,16 @@ def test_name_and_output_are_literal_strings_never_yaml(write_spec, tmp_path: Pa
     assert spec.name == "2024" and str(spec.output) == str(output)
 
 
+def test_the_cli_reads_names_and_paths_literally(write_spec, tmp_path: Path, capsys):
+    spec = write_spec(planted_spec_dict(tmp_path))
+    output = tmp_path / "runs #2"
+    assert main(["run", str(spec), "--resume", "--name", "2024", "--output", str(output)]) == 2
+    assert f"nothing to resume at {output / '2024'}" in capsys.readouterr().err  # not `runs`, not the number 2024
+    odd = tmp_path / "odd #1" / "run"
+    assert main(["resume", str(odd)]) == 2
+    assert f"{odd} holds no config.yaml" in capsys.readouterr().err  # not odd/run
+
+
 @pytest.mark.parametrize(("given", "environment", "expected"), [
     (None, None, None), (None, "", None), (None, "  ", None), ("", "", None),
     (None, "ray://head:10001", "ray://head:10001"), ("auto", "ray://head:10001", "auto")])
