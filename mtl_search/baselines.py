@@ -13,6 +13,7 @@ rows, so the validation and test splits stay untouched.
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -93,7 +94,9 @@ class GBDT(Baseline):
                 model: Any = HistGradientBoostingRegressor(**options)
             else:
                 model = HistGradientBoostingClassifier(**options)
-            _fit(model, features["train"][labelled], train.y[name][labelled], task.type, seed)
+            with warnings.catch_warnings():  # few rows a class is what this baseline is for, not a mistake
+                warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
+                _fit(model, features["train"][labelled], train.y[name][labelled], task.type, seed)
             for split in (VALID, TEST):
                 arrays = data.splits[split]
                 outputs = _outputs(model, features[split], task.type, task.outputs)
@@ -112,9 +115,6 @@ def _fit(model: Any, x: pd.DataFrame, y: np.ndarray, kind: str, seed: int) -> No
     here, stratified over the classes with two rows or more, and every one-row class stays in the fitting part
     (with too few such rows for a slice, the model trains without early stopping).
     """
-    import warnings
-
-    warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")  # few rows a class
     classes, counts = np.unique(y, return_counts=True)
     if kind == REGRESSION or counts.min() >= 2:
         model.fit(x, y)

@@ -178,14 +178,14 @@ def _split_rows(
 
 
 def _stratify_key(frame: pd.DataFrame, tasks: dict[str, tuple[str, str]], notes: list[str], *,
-                  smallest: int | None = None) -> np.ndarray | None:
+                  smallest: int) -> np.ndarray | None:
     """The first classification task's labels, to stratify on, if every class has at least 3 rows and every
     split (the smallest has ``smallest`` rows) can hold one row of each class."""
     for name, (column, kind) in tasks.items():
         if kind in (BINARY, MULTICLASS):
             key = frame[column].astype("string").fillna(MISSING_CATEGORY)
             counts = key.value_counts()
-            if smallest is not None and len(counts) > smallest:
+            if len(counts) > smallest:
                 notes.append(f"split not stratified: task {name} has {len(counts):,} classes, more than the "
                              f"{smallest:,} rows of the smallest split")
                 return None

@@ -155,12 +155,13 @@ def run_experiment(
                           f"nothing was retrained. Review it with `mtl-search leaderboard {result_dir}` (plots: "
                           f"`mtl-search report {result_dir}`)")
     try:
+        resolved = resolved_spec(spec, data)
         columns = [*data.input_columns, *(task.column for task in data.tasks.values())]
-        started_with = fingerprint(resolved_spec(spec, data), columns)
+        started_with = fingerprint(resolved, columns)
         if resume:
             _refuse_changes(result_dir, started_with)
         else:
-            storage.atomic_write_text(result_dir / storage.CONFIG_FILE, resolved_spec(spec, data).to_yaml())
+            storage.atomic_write_text(result_dir / storage.CONFIG_FILE, resolved.to_yaml())
             storage.atomic_write_text(result_dir / storage.FINGERPRINT_FILE, json.dumps(started_with, indent=1))
         echo(data.summary())
         connect_ray(address, verbose=verbose)

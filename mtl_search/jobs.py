@@ -92,6 +92,11 @@ def resolve_address(address: str | None) -> str:
     raise ClusterError(f"no cluster address. {START_HINT}")
 
 
+def token_path() -> Path:
+    """Where Ray reads its authentication token: ``RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``."""
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
+
+
 def auth_token() -> str | None:
     """Ray's authentication token for this user, looked up as Ray does; None when there is none.
 
@@ -104,9 +109,8 @@ def auth_token() -> str | None:
     if token:
         return token
     named = os.environ.get("RAY_AUTH_TOKEN_PATH")
-    path = Path(named).expanduser() if named else Path.home() / ".ray" / "auth_token"
     try:
-        token = path.read_text().strip()
+        token = token_path().read_text().strip()
     except OSError as exc:
         if named:
             raise ClusterError(f"RAY_AUTH_TOKEN_PATH={named} cannot be read ({exc.strerror}). {TOKEN_HINT}") from None

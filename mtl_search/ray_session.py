@@ -14,6 +14,7 @@ import ray
 
 from mtl_search.config import ExperimentSpec
 from mtl_search.errors import ClusterError, UserError
+from mtl_search.jobs import token_path
 
 #: Ray Train's controller polls its workers this often (seconds). Ray's default
 #: (2 s) makes every per-epoch report cost about 1.9 s; measured here, 0.05 s cuts that to 0.055 s.
@@ -47,11 +48,6 @@ def connect_ray(address: str | None = None, *, verbose: bool = False, num_cpus: 
         logging_level=logging.INFO if verbose else logging.WARNING,
         log_to_driver=verbose,
     )
-
-
-def token_path() -> Path:
-    """Where Ray reads its authentication token: ``RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``."""
-    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
 
 
 def keep_token_private() -> Path | None:

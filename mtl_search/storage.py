@@ -364,7 +364,7 @@ def publish_results(location: ResultLocation, *, echo: Callable[[str], None] | N
                           destination_filesystem=fs)
     staging = location.path.parent  # the mkdtemp folder around it; a folder the user chose is never removed
     remove_staging = remove_staging and staging.name.startswith(STAGING_PREFIX) and [
-        path.name for path in staging.iterdir()] == [location.path.name]
+        entry.name for entry in staging.iterdir()] == [location.path.name]
     if remove_staging:
         shutil.rmtree(staging, ignore_errors=True)
     if echo is not None:

@@ -40,6 +40,11 @@ def _name(kind: str, session: str) -> str:
     return f"{kind}-{session}{STATE_FILES[kind]}"
 
 
+def state_paths(folder: Path, session: str) -> dict[str, Path]:
+    """One session's state files in ``folder``, by kind (see :data:`STATE_FILES`)."""
+    return {kind: folder / _name(kind, session) for kind in STATE_FILES}
+
+
 def sessions(folder: Path) -> list[str]:
     """The sessions (Tune's start stamps) that saved an experiment state in ``folder``, oldest first."""
     found = (_SESSION.match(path.name) for path in folder.glob("experiment_state-*.json"))
@@ -62,9 +67,6 @@ class SavedState:
     trials: int
     problem: str | None
 
-    def paths(self) -> list[Path]:
-        return [self.folder / _name(kind, self.session) for kind in STATE_FILES]
-
 
 def check(folder: Path, session: str) -> SavedState:
     """Read one session's state files and say whether Tune can restore from them.
@@ -73,7 +75,7 @@ def check(folder: Path, session: str) -> SavedState:
     the trials the experiment state holds (a copy taken between two of Tune's writes would not match).
     The searcher's files are unpickled, as ``Tuner.restore`` would: only check folders this user owns.
     """
-    files = {kind: folder / _name(kind, session) for kind in STATE_FILES}
+    files = state_paths(folder, session)
     missing = [path.name for path in files.values() if not path.is_file()]
     if missing:
         return SavedState(folder, session, 0, f"{', '.join(missing)} missing")
@@ -118,8 +120,8 @@ def keep_copy(tune_dir: Path, keep_dir: Path) -> Path | None:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        for kind in STATE_FILES:
-            shutil.copy2(tune_dir / _name(kind, found[-1]), staging / _name(kind, found[-1]))
+        for path in state_paths(tune_dir, found[-1]).values():
+            shutil.copy2(path, staging / path.name)
     except FileNotFoundError:
         shutil.rmtree(staging, ignore_errors=True)
         return None
@@ -164,11 +166,11 @@ def repair(tune_dir: Path, keep_dir: Path) -> str | None:
     aside.mkdir(parents=True, exist_ok=True)
     for session in found:
         replaced = session > best.session or (session == best.session and best.folder != tune_dir)
-        for path in SavedState(tune_dir, session, 0, None).paths():
+        for path in state_paths(tune_dir, session).values():
             if replaced and path.exists():
                 path.rename(aside / path.name)
     if best.folder != tune_dir:
-        for path in best.paths():
+        for path in state_paths(best.folder, best.session).values():
             shutil.copy2(path, tune_dir / path.name)
     source = "a copy kept while it ran" if best.folder != tune_dir else f"its session {best.session}"
     return (f"Tune's newest saved state was damaged when the run stopped ({newest.problem}); resuming from the "
@@ -197,7 +199,7 @@ class StateKeeper(Callback):
             return
         try:
             stamp = tuple((path.stat().st_mtime_ns, path.stat().st_size)
-                          for path in SavedState(self.tune_dir, found[-1], 0, None).paths())
+                          for path in state_paths(self.tune_dir, found[-1]).values())
         except FileNotFoundError:
             return
         if stamp != self._last and keep_copy(self.tune_dir, self.keep_dir) is not None:
@@ -231,7 +233,7 @@ def restore_deleted_checkpoints(tune_dir: Path) -> list[Path]:
     if not found:
         return []
     restored = []
-    state = json.loads((tune_dir / _name("experiment_state", found[-1])).read_text())
+    state = json.loads(state_paths(tune_dir, found[-1])["experiment_state"].read_text())
     for trial_json, runtime_json in state.get("trial_data", []):
         trial_dir = tune_dir / str(json.loads(trial_json).get("relative_logdir", ""))
         existing = sorted(trial_dir.glob("checkpoint_[0-9]*")) if trial_dir.is_dir() else []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,19 +42,18 @@ def one_local_ray_at_a_time(request: pytest.FixtureRequest):
     clean-up, which is why the README asks for one local search per machine.
     """
     if request.node.get_closest_marker("ray") is not None and "ray_local" not in request.fixturenames:
-        import sys
-
-        ray = sys.modules.get("ray")
-        if ray is not None and ray.is_initialized():
-            ray.shutdown()
+        _shut_down_local_ray()
     yield
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _stop_ray_at_the_end():
     yield
-    import sys
+    _shut_down_local_ray()
 
+
+def _shut_down_local_ray() -> None:
+    """Stop this process's Ray, if one was started (without importing Ray where no test did)."""
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         ray.shutdown()

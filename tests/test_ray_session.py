@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mtl_search.ray_session import keep_token_private, token_path
+from mtl_search.jobs import token_path
+from mtl_search.ray_session import keep_token_private
 
 
 @pytest.fixture
